@@ -1,0 +1,460 @@
+"""The `affedge` command line.
+
+Every user error ends as one line on stderr and exit status 2 (see :mod:`affedge.errors`);
+Ctrl-C and SIGTERM end with status 130 and leave ``--output``'s ``.partial`` for ``--resume``.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import asdict
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from affedge.errors import AffedgeError, InputError
+from affedge.tasks import BENCHMARKS, CLASSIFY_TASKS, SCORE_TASKS, TASKS, get_benchmark, get_task
+
+app = typer.Typer(
+    name="affedge",
+    help="Fast, private, offline affect annotation with small language models.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+models_app = typer.Typer(help="Models affedge can run.", no_args_is_help=True)
+tasks_app = typer.Typer(help="Tasks in the registry.", no_args_is_help=True)
+datasets_app = typer.Typer(help="Benchmark datasets affedge can read.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+app.add_typer(tasks_app, name="tasks")
+app.add_typer(datasets_app, name="datasets")
+
+
+class Format(str, Enum):
+    jsonl = "jsonl"
+    csv = "csv"
+    table = "table"
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# Options shared by classify and score (one definition, two commands).
+InputArg = Annotated[
+    str, typer.Argument(help="Input file (.txt, .csv, .tsv, .jsonl) or - for stdin.")
+]
+ModelOpt = Annotated[
+    str | None, typer.Option("--model", "-m", help="Built-in model name or path to a local model.")
+]
+FormatOpt = Annotated[
+    Format | None,
+    typer.Option(
+        "--format", "-f", help="Output format [default: table on a terminal, else jsonl]."
+    ),
+]
+OutputOpt = Annotated[
+    Path | None, typer.Option("--output", "-o", help="Write here (atomically) instead of stdout.")
+]
+TextFieldOpt = Annotated[
+    str | None, typer.Option(help="Text column (.csv/.tsv) or field (.jsonl) [default: text].")
+]
+InputFormatOpt = Annotated[
+    str | None,
+    typer.Option(help="Input format when the suffix does not say: txt, csv, tsv, jsonl."),
+]
+EncodingOpt = Annotated[str, typer.Option(help="Text encoding of the input.")]
+ResumeOpt = Annotated[
+    bool, typer.Option("--resume", help="Continue an interrupted run into the same --output.")
+]
+ThreadsOpt = Annotated[int | None, typer.Option(min=1, help="CPU threads [default: all cores].")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")]
+
+
+def _output_format(fmt: Format | None, output: Path | None) -> str:
+    if fmt is not None:
+        return fmt.value
+    if output is not None:
+        return "csv" if output.suffix.lower() == ".csv" else "jsonl"
+    return "table" if sys.stdout.isatty() else "jsonl"
+
+
+def _progress(total: int, quiet: bool):
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    console = Console(stderr=True)
+    return Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+        disable=quiet or not console.is_terminal,
+    )
+
+
+def _annotate(
+    command: str,
+    input_path: str,
+    task_name: str,
+    model: str | None,
+    labels: list[str] | None,
+    fmt: Format | None,
+    output: Path | None,
+    text_field: str | None,
+    input_format: str | None,
+    encoding: str,
+    resume: bool,
+    threads: int | None,
+    quiet: bool,
+) -> None:
+    """Shared body of `classify` and `score`: validate, (resume,) run, write atomically."""
+    from affedge.annotate import label_row, score_row
+    from affedge.engines import open_engine
+    from affedge.io import InputReader, ResultSink, partial_path, read_partial, scan
+    from affedge.models import resolve_model
+
+    kind = "classify" if command == "classify" else "score"
+    task = get_task(task_name, kind)  # type: ignore[arg-type]
+    out_format = _output_format(fmt, output)
+    if resume and output is None:
+        raise InputError("--resume needs --output (a run to stdout cannot be resumed)")
+    if output is not None and output.is_dir():
+        raise InputError(f"{output}: is a folder; --output needs a file path")
+    if output is not None and not output.parent.exists():
+        raise InputError(f"{output.parent}: output folder does not exist")
+
+    reader = InputReader(input_path, input_format, text_field, encoding)
+    total = scan(reader)  # every input problem surfaces here, before any model work
+    ref = resolve_model(model)
+    header: dict[str, Any] = {
+        "command": command,
+        "input": str(Path(input_path).resolve()) if input_path != "-" else "-",
+        "task": task.name,
+        "labels": list(labels) if labels else None,
+        "model": ref.name,
+        "items": total,
+    }
+
+    done_ids: list[int | str] = []
+    partial = None
+    if output is not None:
+        part = partial_path(output)
+        if part.exists():
+            if not resume:
+                raise InputError(
+                    f"{part} holds an interrupted run: pass --resume to continue it, or delete it"
+                )
+            partial = read_partial(part)
+            for key in ("command", "input", "task", "labels", "model", "items"):
+                if partial.header.get(key) != header[key]:
+                    raise InputError(
+                        f"{part}: cannot resume: it was started with {key}="
+                        f"{partial.header.get(key)!r}, this run has {header[key]!r}"
+                    )
+            done_ids = partial.ids
+        elif resume and output.exists():
+            if not quiet:
+                _stderr(f"affedge: {output} is already complete; nothing to resume")
+            return
+
+    engine = open_engine(ref, threads=threads)
+    sink = ResultSink(output, out_format, header, resume=partial)
+    done = len(done_ids)
+
+    def remaining() -> Iterator[Any]:
+        for index, record in enumerate(reader):
+            if index < done:
+                if str(done_ids[index]) != record.id:
+                    raise InputError(
+                        f"{partial_path(output)}: record {index + 1} has id {done_ids[index]}, "
+                        f"the input has {record.id}: the input changed; delete the partial file"
+                    )
+                continue
+            yield record
+
+    order: deque[Any] = deque()  # records handed to the engine, waiting for their result
+    started = time.perf_counter()
+    processed = 0
+    truncated = 0
+    try:
+        with _progress(total, quiet) as progress:
+            bar = progress.add_task(command, total=total, completed=done)
+            if kind == "classify":
+                results = engine.classify(_tap(remaining(), order), task, labels)
+                make_row = label_row
+            else:
+                results = engine.score(_tap(remaining(), order), task)
+                make_row = score_row
+            for result in results:
+                record = order.popleft()
+                sink.write(make_row(record, task.name, result, ref.name))
+                processed += 1
+                truncated += result.truncated
+                progress.advance(bar)
+        sink.finish()
+    except KeyboardInterrupt:
+        sink.abandon()
+        where = f"; rerun with --resume to continue into {output}" if output else ""
+        _stderr(f"affedge: interrupted after {done + processed} of {total} items{where}")
+        raise typer.Exit(130) from None
+    except BaseException:
+        sink.abandon()
+        raise
+    finally:
+        engine.close()
+
+    if not quiet:
+        seconds = time.perf_counter() - started
+        rate = processed / seconds if seconds > 0 else 0.0
+        notes = []
+        if reader.stats.blank:
+            notes.append(f"{reader.stats.blank} blank lines skipped")
+        if truncated:
+            notes.append(f"{truncated} items truncated to the context window")
+        if done:
+            notes.append(f"{done} items resumed from the partial run")
+        where = f" -> {output}" if output else ""
+        extra = f" ({'; '.join(notes)})" if notes else ""
+        verb = "classified" if kind == "classify" else "scored"
+        _stderr(
+            f"affedge: {processed} items {verb} in {seconds:.1f} s ({rate:.1f} items/s) "
+            f"with {ref.name}{extra}{where}"
+        )
+
+
+def _tap(records: Iterator[Any], seen: deque[Any]) -> Iterator[Any]:
+    """Pass ``records`` through, remembering each so its result can be paired with it."""
+    for record in records:
+        seen.append(record)
+        yield record
+
+
+def _labels(value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    labels = [lab.strip() for lab in value.split(",") if lab.strip()]
+    if len(labels) < 2 or len(set(labels)) != len(labels):
+        raise InputError(f"--labels needs at least two distinct comma-separated labels: {value!r}")
+    return labels
+
+
+@app.command()
+def classify(
+    input: InputArg,
+    task: Annotated[
+        str, typer.Option("--task", "-t", help=f"One of: {', '.join(CLASSIFY_TASKS)}.")
+    ] = "sentiment",
+    model: ModelOpt = None,
+    labels: Annotated[
+        str | None, typer.Option(help="Comma-separated label set replacing the task's labels.")
+    ] = None,
+    format: FormatOpt = None,
+    output: OutputOpt = None,
+    text_field: TextFieldOpt = None,
+    input_format: InputFormatOpt = None,
+    encoding: EncodingOpt = "utf-8",
+    resume: ResumeOpt = False,
+    threads: ThreadsOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Label every item of INPUT with a probability for each label."""
+    _annotate(
+        "classify", input, task, model, _labels(labels), format, output, text_field,
+        input_format, encoding, resume, threads, quiet,
+    )  # fmt: skip
+
+
+@app.command()
+def score(
+    input: InputArg,
+    task: Annotated[str, typer.Option("--task", "-t", help=f"One of: {', '.join(SCORE_TASKS)}.")],
+    model: ModelOpt = None,
+    format: FormatOpt = None,
+    output: OutputOpt = None,
+    text_field: TextFieldOpt = None,
+    input_format: InputFormatOpt = None,
+    encoding: EncodingOpt = "utf-8",
+    resume: ResumeOpt = False,
+    threads: ThreadsOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Score the intensity (0 to 1) of every item of INPUT."""
+    _annotate(
+        "score", input, task, model, None, format, output, text_field, input_format,
+        encoding, resume, threads, quiet,
+    )  # fmt: skip
+
+
+@app.command("eval")
+def eval_(
+    task: Annotated[str, typer.Option("--task", "-t", help="Task to evaluate.")],
+    dataset: Annotated[str, typer.Option("--dataset", "-d", help="Benchmark dataset.")],
+    split: Annotated[str, typer.Option(help="train, validation or test.")] = "test",
+    limit: Annotated[int | None, typer.Option(min=1, help="First N items only.")] = None,
+    model: ModelOpt = None,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="Dataset folder [default: $AFFEDGE_DATA].")
+    ] = None,
+    threads: ThreadsOpt = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Also write JSON here.")
+    ] = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Evaluate a model on a benchmark; prints the metrics as JSON."""
+    from affedge.datasets import load_dataset
+    from affedge.engines import open_engine
+    from affedge.evaluate import evaluate
+    from affedge.io import atomic_write
+
+    bench = get_benchmark(task, dataset)
+    load_dataset(bench.dataset, split, root=data_dir, limit=1)  # fail fast on data problems
+    with open_engine(model, threads=threads) as engine, _progress(0, quiet) as progress:
+        bar = progress.add_task(f"{task}/{dataset}", total=limit)
+        report = evaluate(
+            engine, bench, split, limit, data_dir, on_item=lambda: progress.advance(bar)
+        )
+    text = json.dumps(report.to_dict(), indent=2)
+    if output is not None:
+        atomic_write(output, lambda fh: fh.write(text + "\n"))
+    print(text)
+
+
+@models_app.command("list")
+def models_list(json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Built-in models: name, format, whether installed, and where."""
+    from affedge.models import list_models
+
+    listing = list_models()
+    if json_out:
+        print(json.dumps([asdict(m) for m in listing], indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table()
+    for col in ("name", "format", "default", "installed", "size MB", "path / how to install"):
+        table.add_column(col)
+    for m in listing:
+        table.add_row(
+            m.name,
+            m.format,
+            "yes" if m.default else "",
+            "yes" if m.available else "no",
+            f"{m.size_mb}" if m.size_mb is not None else "",
+            m.path or m.install,
+        )
+    Console().print(table)
+    print("Any local GGUF file also works: --model path/to/model.gguf")
+
+
+@tasks_app.command("list")
+def tasks_list(json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Tasks with their labels, level, metric and benchmarks."""
+    rows = [
+        {
+            "task": t.name,
+            "kind": t.kind,
+            "level": t.level,
+            "labels": list(t.labels),
+            "metric": t.metric,
+            "datasets": [b.dataset for b in BENCHMARKS if b.task == t.name],
+            "description": t.description,
+        }
+        for t in TASKS.values()
+    ]
+    if json_out:
+        print(json.dumps(rows, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table()
+    for col in ("task", "kind", "level", "labels", "metric", "datasets"):
+        table.add_column(col)
+    for r in rows:
+        labels = ", ".join(r["labels"]) or "0..1"
+        table.add_row(
+            r["task"], r["kind"], r["level"], labels, r["metric"], ", ".join(r["datasets"])
+        )
+    Console().print(table)
+
+
+@datasets_app.command("list")
+def datasets_list(
+    json_out: Annotated[bool, typer.Option("--json")] = False,
+    data_dir: Annotated[Path | None, typer.Option(help="Dataset folder.")] = None,
+) -> None:
+    """Datasets affedge reads, their splits and label layers."""
+    from affedge.datasets import DATASETS
+
+    rows = [
+        {
+            "dataset": d.name,
+            "splits": list(d.splits),
+            "layers": {k: list(v) for k, v in d.layers.items()},
+            "scores": list(d.score_layers),
+            "dialogue": d.dialogue,
+            "description": d.description,
+        }
+        for d in DATASETS.values()
+    ]
+    if json_out:
+        print(json.dumps(rows, indent=2, ensure_ascii=False))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table()
+    for col in ("dataset", "splits", "label layers", "scores", "description"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(
+            r["dataset"],
+            ", ".join(r["splits"]),
+            ", ".join(r["layers"]),
+            ", ".join(r["scores"]),
+            r["description"],
+        )
+    Console().print(table)
+
+
+def _sigterm(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main() -> None:
+    """Entry point: user errors become one line and exit 2, never a traceback."""
+    import click
+
+    signal.signal(signal.SIGTERM, _sigterm)
+    try:
+        app(standalone_mode=False)
+    except AffedgeError as exc:
+        _stderr(f"affedge: error: {exc}")
+        sys.exit(2)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        _stderr("affedge: interrupted")
+        sys.exit(130)
+    except BrokenPipeError:
+        sys.stderr.close()
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

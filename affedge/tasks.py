@@ -1,0 +1,280 @@
+"""The one registry of affect tasks: labels, progressive instructions, metrics, benchmarks.
+
+Training, export checks, the runtime and evaluation all read this module; nothing else in the
+project spells out a label set, an instruction or a metric name.
+
+Instructions follow the progressive levels of GSA (papers/gsa-progressive-tuning.md, section
+4.1): sentence-level sentiment analysis looks at the semantics of the sentence (SA);
+emotion recognition in conversation adds the dialogue context (ERC); sarcasm detection adds
+the incongruity between the two and in the wording (SD).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from affedge.errors import AffedgeError
+
+Level = Literal["SA", "ERC", "SD"]
+Kind = Literal["classify", "score"]
+
+#: The progressive instruction of each level; ``{target}`` is what the task determines.
+LEVEL_INSTRUCTIONS: dict[Level, str] = {
+    "SA": "Consider the semantic information of the sentence to determine its {target}.",
+    "ERC": (
+        "Consider both the semantic information of the target utterance itself and the "
+        "contextual information of the dialogue it is situated in to determine its {target}."
+    ),
+    "SD": (
+        "Consider whether there is an incongruity between the emotional states of the target "
+        "utterance's semantic information and its contextual information, and whether the "
+        "expression of the target utterance involves linguistic incongruity, to determine "
+        "{target}."
+    ),
+}
+
+#: Score tasks are read as the expected value over these answer tokens (0 lowest, 9 highest).
+SCORE_TOKENS: tuple[str, ...] = tuple(str(d) for d in range(10))
+
+
+@dataclass(frozen=True)
+class Task:
+    """One affect task.
+
+    ``labels`` is the default label set of a classification task (benchmarks may bring the
+    dataset's own set, e.g. EmoryNLP's seven emotions); ``scale`` describes the 0-9 answer of a
+    score task, which affedge maps to [0, 1].
+    """
+
+    name: str
+    kind: Kind
+    level: Level
+    target: str
+    description: str
+    labels: tuple[str, ...] = ()
+    scale: str = ""
+    uses_context: bool = False
+    uses_aspect: bool = False
+    metric: str = "accuracy"
+
+    @property
+    def instruction(self) -> str:
+        """The progressive instruction of this task's level, filled in for this task."""
+        return LEVEL_INSTRUCTIONS[self.level].format(target=self.target)
+
+
+_EKMAN_NEUTRAL = ("neutral", "joy", "surprise", "anger", "sadness", "disgust", "fear")
+
+
+def _intensity(emotion: str) -> Task:
+    return Task(
+        name=emotion,
+        kind="score",
+        level="SA",
+        target=f"intensity of {emotion}",
+        description=f"{emotion.capitalize()} intensity in [0, 1] (SemEval-2018 EI-reg).",
+        scale=f"0 means no {emotion} at all and 9 means extreme {emotion}",
+        metric="pearson",
+    )
+
+
+TASKS: dict[str, Task] = {
+    t.name: t
+    for t in (
+        Task(
+            name="sentiment",
+            kind="classify",
+            level="SA",
+            target="sentiment polarity",
+            description="Three-way sentence sentiment.",
+            labels=("positive", "negative", "neutral"),
+            metric="macro_recall",
+        ),
+        Task(
+            name="polarity",
+            kind="classify",
+            level="SA",
+            target="sentiment polarity",
+            description="Binary sentence polarity (SST-2).",
+            labels=("positive", "negative"),
+            metric="accuracy",
+        ),
+        Task(
+            name="emotion",
+            kind="classify",
+            level="ERC",
+            target="emotion",
+            description="Emotion of an utterance in its conversation (MELD label set).",
+            labels=_EKMAN_NEUTRAL,
+            uses_context=True,
+            metric="weighted_f1",
+        ),
+        Task(
+            name="sarcasm",
+            kind="classify",
+            level="SD",
+            target="whether the target utterance is sarcastic",
+            description="Sarcasm of an utterance, with its conversation when given.",
+            labels=("sarcastic", "not sarcastic"),
+            uses_context=True,
+            metric="weighted_f1",
+        ),
+        Task(
+            name="implicit",
+            kind="classify",
+            level="SA",
+            target="sentiment polarity towards the given aspect, which may be implied rather "
+            "than stated",
+            description="Aspect sentiment, including implicit sentiment (SemEval-2014).",
+            labels=("positive", "negative", "neutral"),
+            uses_aspect=True,
+            metric="macro_f1",
+        ),
+        Task(
+            name="valence",
+            kind="score",
+            level="SA",
+            target="valence (how positive or negative the feeling is)",
+            description="Valence intensity in [0, 1] (SemEval-2018 V-reg).",
+            scale="0 means very negative and 9 means very positive",
+            metric="pearson",
+        ),
+        *(_intensity(e) for e in ("anger", "fear", "joy", "sadness")),
+    )
+}
+
+CLASSIFY_TASKS = tuple(n for n, t in TASKS.items() if t.kind == "classify")
+SCORE_TASKS = tuple(n for n, t in TASKS.items() if t.kind == "score")
+
+
+def get_task(name: str, kind: Kind | None = None) -> Task:
+    """Look a task up by name, optionally insisting on its kind; clear error otherwise."""
+    task = TASKS.get(name)
+    choices = CLASSIFY_TASKS if kind == "classify" else SCORE_TASKS if kind == "score" else TASKS
+    if task is None or (kind is not None and task.kind != kind):
+        raise AffedgeError(f"unknown task {name!r}: choose one of {', '.join(choices)}")
+    return task
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """A task evaluated on one dataset with the metric its literature reports.
+
+    ``layer`` is the gold annotation read from each record (``Record.labels`` for
+    classification, ``Record.scores`` for score tasks); ``labels`` overrides the task's label
+    set where the dataset has its own; ``where`` keeps only records whose label layers have
+    these values. Records whose gold label is outside the label set (SemEval-2014 "conflict")
+    are dropped and counted.
+    """
+
+    task: str
+    dataset: str
+    layer: str
+    metric: str
+    labels: tuple[str, ...] | None = None
+    where: dict[str, str] = field(default_factory=dict)
+    extra_metrics: tuple[str, ...] = ()
+    positive: str | None = None
+    note: str = ""
+
+    @property
+    def name(self) -> str:
+        return f"{self.task}/{self.dataset}"
+
+    def label_set(self) -> tuple[str, ...]:
+        return self.labels if self.labels is not None else TASKS[self.task].labels
+
+
+BENCHMARKS: tuple[Benchmark, ...] = (
+    Benchmark("polarity", "sst2", "sentiment", "accuracy", extra_metrics=("macro_f1",)),
+    Benchmark(
+        "sentiment",
+        "tweet_eval_sentiment",
+        "sentiment",
+        "macro_recall",
+        extra_metrics=("accuracy", "macro_f1"),
+    ),
+    Benchmark("sentiment", "meld", "sentiment", "weighted_f1", extra_metrics=("accuracy",)),
+    Benchmark("emotion", "meld", "emotion", "weighted_f1", extra_metrics=("accuracy",)),
+    Benchmark(
+        "emotion",
+        "emorynlp",
+        "emotion",
+        "weighted_f1",
+        labels=("neutral", "joyful", "peaceful", "powerful", "scared", "mad", "sad"),
+        extra_metrics=("accuracy",),
+    ),
+    Benchmark(
+        "emotion",
+        "dailydialog",
+        "emotion",
+        "micro_f1_no_neutral",
+        extra_metrics=("weighted_f1", "accuracy"),
+        note="micro-F1 over the emotion classes, neutral excluded, as the ERC literature does",
+    ),
+    Benchmark(
+        "emotion",
+        "tweet_eval_emotion",
+        "emotion",
+        "macro_f1",
+        labels=("anger", "joy", "optimism", "sadness"),
+        extra_metrics=("accuracy",),
+    ),
+    Benchmark(
+        "sarcasm",
+        "mustard",
+        "sarcasm",
+        "weighted_f1",
+        extra_metrics=("accuracy", "f1_positive"),
+        positive="sarcastic",
+    ),
+    Benchmark(
+        "sarcasm",
+        "mustard_plus_plus",
+        "sarcasm",
+        "weighted_f1",
+        extra_metrics=("accuracy", "f1_positive"),
+        positive="sarcastic",
+    ),
+    Benchmark(
+        "sarcasm",
+        "tweet_eval_irony",
+        "irony",
+        "f1_positive",
+        labels=("ironic", "not ironic"),
+        extra_metrics=("accuracy", "macro_f1"),
+        positive="ironic",
+    ),
+    *(
+        Benchmark(
+            "implicit",
+            f"semeval2014_{domain}",
+            "sentiment",
+            "macro_f1",
+            where={"implicit": "implicit"},
+            extra_metrics=("accuracy",),
+            note="implicit-sentiment aspect terms only; conflict terms dropped",
+        )
+        for domain in ("laptops", "restaurants")
+    ),
+    Benchmark("valence", "semeval2018_v_reg", "valence", "pearson", extra_metrics=("spearman",)),
+    Benchmark("valence", "emobank", "valence", "pearson", extra_metrics=("spearman",)),
+    *(
+        Benchmark(e, f"semeval2018_ei_{e}", e, "pearson", extra_metrics=("spearman",))
+        for e in ("anger", "fear", "joy", "sadness")
+    ),
+)
+
+
+def get_benchmark(task: str, dataset: str) -> Benchmark:
+    """The benchmark of ``task`` on ``dataset``; clear error listing what exists otherwise."""
+    get_task(task)
+    for bench in BENCHMARKS:
+        if bench.task == task and bench.dataset == dataset:
+            return bench
+    known = [b.dataset for b in BENCHMARKS if b.task == task]
+    raise AffedgeError(
+        f"no benchmark of task {task!r} on dataset {dataset!r}: "
+        f"datasets for {task}: {', '.join(known)}"
+    )
