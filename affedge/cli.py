@@ -439,7 +439,7 @@ def main() -> None:
 
     signal.signal(signal.SIGTERM, _sigterm)
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # returns typer.Exit's code instead of exiting
     except AffedgeError as exc:
         _stderr(f"affedge: error: {exc}")
         sys.exit(2)
@@ -454,6 +454,8 @@ def main() -> None:
     except BrokenPipeError:
         sys.stderr.close()
         sys.exit(1)
+    if isinstance(code, int) and code:
+        sys.exit(code)
 
 
 if __name__ == "__main__":
