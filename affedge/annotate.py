@@ -66,6 +66,11 @@ def score_row(record: Record, task: str, result: ScoreResult, model: str) -> dic
     return row
 
 
+def all_heads_row(record: Record, task: str, result: dict[str, Any], model: str) -> dict[str, Any]:
+    """The output record of `--task all`: every head of a multi-head encoder."""
+    return {"id": record_id(record), "text": record.text, "task": task, **result, "model": model}
+
+
 class Annotator:
     """A loaded model ready to classify and score text.
 

@@ -20,7 +20,15 @@ from typing import Annotated, Any
 import typer
 
 from affedge.errors import AffedgeError, InputError
-from affedge.tasks import BENCHMARKS, CLASSIFY_TASKS, SCORE_TASKS, TASKS, get_benchmark, get_task
+from affedge.tasks import (
+    ALL_TASKS,
+    BENCHMARKS,
+    CLASSIFY_TASKS,
+    SCORE_TASKS,
+    TASKS,
+    get_benchmark,
+    get_task,
+)
 
 app = typer.Typer(
     name="affedge",
@@ -32,6 +40,12 @@ app = typer.Typer(
 models_app = typer.Typer(help="Models affedge can run.", no_args_is_help=True)
 tasks_app = typer.Typer(help="Tasks in the registry.", no_args_is_help=True)
 datasets_app = typer.Typer(help="Benchmark datasets affedge can read.", no_args_is_help=True)
+train_app = typer.Typer(help="Train affect models (needs the train extra).", no_args_is_help=True)
+export_app = typer.Typer(
+    help="Export trained models (needs the export extra).", no_args_is_help=True
+)
+app.add_typer(train_app, name="train")
+app.add_typer(export_app, name="export")
 app.add_typer(models_app, name="models")
 app.add_typer(tasks_app, name="tasks")
 app.add_typer(datasets_app, name="datasets")
@@ -118,13 +132,14 @@ def _annotate(
     quiet: bool,
 ) -> None:
     """Shared body of `classify` and `score`: validate, (resume,) run, write atomically."""
-    from affedge.annotate import label_row, score_row
+    from affedge.annotate import all_heads_row, label_row, score_row
     from affedge.engines import open_engine
     from affedge.io import InputReader, ResultSink, partial_path, read_partial, scan
     from affedge.models import resolve_model
 
     kind = "classify" if command == "classify" else "score"
-    task = get_task(task_name, kind)  # type: ignore[arg-type]
+    every_head = kind == "classify" and task_name == ALL_TASKS
+    task = None if every_head else get_task(task_name, kind)  # type: ignore[arg-type]
     out_format = _output_format(fmt, output)
     if resume and output is None:
         raise InputError("--resume needs --output (a run to stdout cannot be resumed)")
@@ -139,7 +154,7 @@ def _annotate(
     header: dict[str, Any] = {
         "command": command,
         "input": str(Path(input_path).resolve()) if input_path != "-" else "-",
-        "task": task.name,
+        "task": task_name,
         "labels": list(labels) if labels else None,
         "model": ref.name,
         "items": total,
@@ -168,6 +183,11 @@ def _annotate(
             return
 
     engine = open_engine(ref, threads=threads)
+    if every_head and not hasattr(engine, "analyze"):
+        engine.close()
+        raise InputError(
+            f"--task all needs a multi-head encoder model; {ref.name} answers one task per run"
+        )
     sink = ResultSink(output, out_format, header, resume=partial)
     done = len(done_ids)
 
@@ -189,7 +209,10 @@ def _annotate(
     try:
         with _progress(total, quiet) as progress:
             bar = progress.add_task(command, total=total, completed=done)
-            if kind == "classify":
+            if every_head:
+                results = engine.analyze(_tap(remaining(), order))  # type: ignore[attr-defined]
+                make_row = all_heads_row
+            elif kind == "classify":
                 results = engine.classify(_tap(remaining(), order), task, labels)
                 make_row = label_row
             else:
@@ -197,9 +220,10 @@ def _annotate(
                 make_row = score_row
             for result in results:
                 record = order.popleft()
-                sink.write(make_row(record, task.name, result, ref.name))
+                row = make_row(record, task_name, result, ref.name)
+                sink.write(row)
                 processed += 1
-                truncated += result.truncated
+                truncated += bool(row.get("truncated"))
                 progress.advance(bar)
         sink.finish()
     except KeyboardInterrupt:
@@ -252,7 +276,12 @@ def _labels(value: str | None) -> list[str] | None:
 def classify(
     input: InputArg,
     task: Annotated[
-        str, typer.Option("--task", "-t", help=f"One of: {', '.join(CLASSIFY_TASKS)}.")
+        str,
+        typer.Option(
+            "--task",
+            "-t",
+            help=f"One of: {', '.join(CLASSIFY_TASKS)}, or all (every head of an encoder model).",
+        ),
     ] = "sentiment",
     model: ModelOpt = None,
     labels: Annotated[
@@ -427,6 +456,84 @@ def datasets_list(
             r["description"],
         )
     Console().print(table)
+
+
+def _require(module: str, extra: str) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise AffedgeError(f"this command needs the {extra} extra: pip install 'affedge[{extra}]'")
+
+
+DataDirOpt = Annotated[Path | None, typer.Option(help="Dataset folder [default: $AFFEDGE_DATA].")]
+
+
+@train_app.command("encoder")
+def train_encoder_cmd(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Model folder to write.")],
+    base: Annotated[
+        Path | None, typer.Option(help="Local HF encoder folder [default: all-MiniLM-L6-v2 wheel].")
+    ] = None,
+    steps: Annotated[int, typer.Option(min=1)] = 3000,
+    batch_size: Annotated[int, typer.Option(min=1)] = 32,
+    lr: float = 5e-5,
+    max_length: Annotated[int, typer.Option(min=8)] = 96,
+    tawl: Annotated[bool, typer.Option("--tawl/--no-tawl", help="Task-level AWL.")] = True,
+    dawl: Annotated[bool, typer.Option("--dawl/--no-dawl", help="Data-level AWL.")] = True,
+    focal_gamma: Annotated[float, typer.Option(min=0.0, help="0 turns focal loss off.")] = 2.0,
+    seed: int = 13,
+    eval_limit: Annotated[
+        int, typer.Option(min=1, help="Validation items per source scored after training.")
+    ] = 1000,
+    datasets: Annotated[
+        str | None, typer.Option(help="Comma-separated training datasets [default: all].")
+    ] = None,
+    data_dir: DataDirOpt = None,
+    threads: ThreadsOpt = None,
+) -> None:
+    """Train the multi-task encoder (sentiment, emotion, sarcasm, valence, intensity heads)."""
+    _require("torch", "train")
+    import torch
+
+    from affedge.train.encoder import EncoderConfig, default_base, train_encoder
+
+    if threads:
+        torch.set_num_threads(threads)
+    cfg = EncoderConfig(
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        max_length=max_length,
+        tawl=tawl,
+        dawl=dawl,
+        focal_gamma=focal_gamma,
+        seed=seed,
+        eval_limit=eval_limit,
+        datasets=[d.strip() for d in datasets.split(",")] if datasets else [],
+    )
+    base_path = base or default_base()
+    if not base_path.exists():
+        raise AffedgeError(f"{base_path}: no such base model folder")
+    manifest = train_encoder(base_path, out, cfg, data_dir, log=_stderr)
+    print(json.dumps({"out": str(out), "validation": manifest["validation"]}, indent=2))
+
+
+@export_app.command("onnx")
+def export_onnx_cmd(
+    model_dir: Annotated[Path, typer.Argument(help="Trained model folder (affedge.json).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the artifacts.")],
+    quant: Annotated[str, typer.Option(help="Comma-separated: fp32, int8.")] = "int8",
+    sample: Annotated[int, typer.Option(min=10, help="Validation items to verify on.")] = 500,
+    data_dir: DataDirOpt = None,
+    threads: Annotated[int, typer.Option(min=1)] = 2,
+) -> None:
+    """Export a multi-task encoder to ONNX, quantize, and verify against the source model."""
+    _require("torch", "export")
+    from affedge.export.onnx_encoder import export_onnx
+
+    quants = [q.strip() for q in quant.split(",") if q.strip()]
+    reports = export_onnx(model_dir, out, quants, sample, data_dir, threads)
+    print(json.dumps(reports, indent=2))
 
 
 def _sigterm(signum: int, frame: object) -> None:

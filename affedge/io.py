@@ -297,14 +297,14 @@ def format_rows(rows: Iterable[dict[str, Any]], fmt: str, stream: IO[str]) -> No
         raise InputError(f"unknown output format {fmt!r}: choose {', '.join(OUTPUT_FORMATS)}")
 
 
-def _flat(row: dict[str, Any]) -> dict[str, Any]:
+def _flat(row: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested fields become dotted columns: ``probs.positive``, ``emotion.label``."""
     flat: dict[str, Any] = {}
     for key, value in row.items():
         if isinstance(value, dict):
-            for sub, v in value.items():
-                flat[f"{key}.{sub}"] = v
+            flat.update(_flat(value, f"{prefix}{key}."))
         else:
-            flat[key] = value
+            flat[f"{prefix}{key}"] = value
     return flat
 
 
@@ -332,8 +332,15 @@ def write_table(rows: Sequence[dict[str, Any]], stream: IO[str]) -> None:
     for row in rows:
         if "label" in row:
             result, p = row["label"], f"{row['probs'][row['label']]:.2f}"
-        else:
+        elif "score" in row:
             result, p = f"{row['score']:.3f}", ""
+        else:  # every head of an encoder
+            parts = [
+                v["label"] if isinstance(v, dict) else f"{k} {v:.2f}"
+                for k, v in row.items()
+                if k not in ("id", "text", "task", "model", "truncated")
+            ]
+            result, p = ", ".join(parts), ""
         table.add_row(str(row["id"]), row["text"], row["task"], result, p)
     console = Console(file=stream, width=None if stream.isatty() else 120)
     console.print(table)

@@ -73,7 +73,7 @@ class ModelRef:
 def detect_format(path: Path) -> str:
     """``gguf`` or ``onnx`` from the file itself; ModelError for anything else."""
     if path.is_dir():
-        if any(path.glob("*.onnx")):
+        if (path / "affedge.json").is_file() and any(path.glob("*.onnx")):
             return "onnx"
         ggufs = sorted(path.glob("*.gguf"))
         if len(ggufs) == 1:

@@ -144,6 +144,9 @@ TASKS: dict[str, Task] = {
     )
 }
 
+#: `affedge classify --task all`: every head of a multi-head encoder in one record.
+ALL_TASKS = "all"
+
 CLASSIFY_TASKS = tuple(n for n, t in TASKS.items() if t.kind == "classify")
 SCORE_TASKS = tuple(n for n, t in TASKS.items() if t.kind == "score")
 
@@ -278,3 +281,64 @@ def get_benchmark(task: str, dataset: str) -> Benchmark:
         f"no benchmark of task {task!r} on dataset {dataset!r}: "
         f"datasets for {task}: {', '.join(known)}"
     )
+
+
+# ------------------------------------------------------------------ multi-head encoders
+
+
+@dataclass(frozen=True)
+class Head:
+    """One output head of a multi-task encoder and the registry tasks it answers.
+
+    Classification heads return logits over ``labels``; a task or benchmark asking for a
+    subset (``polarity`` from the 3-way sentiment head, TweetEval's four emotions) gets the
+    softmax over that subset. Regression heads return one [0, 1] value per name in ``labels``.
+    """
+
+    name: str
+    kind: Literal["classify", "regress"]
+    labels: tuple[str, ...]
+    tasks: tuple[str, ...]
+
+
+#: The harmonised emotion labels of the encoder's emotion head (MELD's seven plus TweetEval's
+#: optimism); how each dataset maps onto them is in train/encoder_data.py and README.
+EMOTION_LABELS: tuple[str, ...] = (
+    "neutral",
+    "anger",
+    "disgust",
+    "fear",
+    "joy",
+    "sadness",
+    "surprise",
+    "optimism",
+)
+
+HEADS: dict[str, Head] = {
+    h.name: h
+    for h in (
+        Head(
+            "sentiment", "classify", ("negative", "neutral", "positive"), ("sentiment", "polarity")
+        ),
+        Head("emotion", "classify", EMOTION_LABELS, ("emotion",)),
+        Head("sarcasm", "classify", ("not sarcastic", "sarcastic"), ("sarcasm",)),
+        Head("valence", "regress", ("valence",), ("valence",)),
+        Head(
+            "intensity",
+            "regress",
+            ("anger", "fear", "joy", "sadness"),
+            ("anger", "fear", "joy", "sadness"),
+        ),
+    )
+}
+
+#: Label names some datasets use for a head's label (TweetEval irony for sarcasm).
+LABEL_ALIASES: dict[str, str] = {"ironic": "sarcastic", "not ironic": "not sarcastic"}
+
+
+def head_for_task(task: str) -> Head:
+    """The encoder head answering ``task``."""
+    for head in HEADS.values():
+        if task in head.tasks:
+            return head
+    raise AffedgeError(f"no encoder head answers task {task!r}")

@@ -14,6 +14,10 @@ def open_engine(model: str | ModelRef | None = None, threads: int | None = None)
         from affedge.engines.gguf import GGUFEngine
 
         return GGUFEngine(ref, threads=threads)
+    if ref.format == "onnx":
+        from affedge.engines.onnx import ONNXEncoderEngine
+
+        return ONNXEncoderEngine(ref, threads=threads)
     raise ModelError(f"{ref.path}: {ref.format} models are not supported by this version yet")
 
 

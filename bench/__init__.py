@@ -1,0 +1,1 @@
+"""Benchmarks (installed as ``affedge.bench``); recorded runs live in ``bench/results/``."""

@@ -1,0 +1,1 @@
+"""Exporters from trained model folders to GGUF and ONNX (installed as ``affedge.export``)."""
