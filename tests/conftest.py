@@ -12,12 +12,15 @@ import pytest
 
 from affedge.models import BUILTIN
 
+SMOLLM2 = "smollm2-135m-instruct"
+
 
 @pytest.fixture(scope="session")
 def smollm2_path() -> Path:
-    path = BUILTIN[0].locate()
+    smollm2 = next(m for m in BUILTIN if m.name == SMOLLM2)
+    path = smollm2.locate()
     if path is None:
-        pytest.fail(f"the SmolLM2 GGUF is not installed: run `{BUILTIN[0].install}`")
+        pytest.fail(f"the SmolLM2 GGUF is not installed: run `{smollm2.install}`")
     return path
 
 
@@ -26,7 +29,7 @@ def engine(smollm2_path):
     from affedge.engines.gguf import GGUFEngine
     from affedge.models import ModelRef
 
-    eng = GGUFEngine(ModelRef("smollm2-135m-instruct", smollm2_path, "gguf"), threads=2)
+    eng = GGUFEngine(ModelRef(SMOLLM2, smollm2_path, "gguf"), threads=2)
     yield eng
     eng.close()
 

@@ -22,6 +22,12 @@ REVIEWS = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def gguf_default(monkeypatch):
+    """These tests exercise the GGUF engine: make SmolLM2 the default model."""
+    monkeypatch.setenv("AFFEDGE_MODEL", "smollm2-135m-instruct")
+
+
 def _jsonl(text: str) -> list[dict]:
     return [json.loads(line) for line in text.splitlines()]
 
@@ -115,8 +121,9 @@ def test_eval_prints_metrics_json(cli, data_dir):
 
 
 def test_models_and_tasks_list(cli, smollm2_path):
-    models = json.loads(cli("models", "list", "--json").stdout)
-    assert models[0]["default"] and models[0]["path"] == str(smollm2_path)
+    models = {m["name"]: m for m in json.loads(cli("models", "list", "--json").stdout)}
+    smollm2 = models["smollm2-135m-instruct"]
+    assert smollm2["default"] and smollm2["path"] == str(smollm2_path)  # via $AFFEDGE_MODEL
     tasks = json.loads(cli("tasks", "list", "--json").stdout)
     assert {t["task"] for t in tasks} >= {"sentiment", "emotion", "sarcasm", "valence"}
 
@@ -256,3 +263,9 @@ def test_runtime_never_imports_training_libraries(reviews):
     )
     assert '"label"' in res.stdout, res.stderr
     assert res.stdout.strip().splitlines()[-1] == "ATTEMPTS []"
+
+
+@pytest.mark.parametrize("args", [["classify"], ["classify", "x.txt", "--threads", "0"]])
+def test_usage_errors_exit_2_without_traceback(cli, args):
+    res = cli(*args)
+    assert res.returncode == 2 and "Traceback" not in res.stderr and "Error" in res.stderr

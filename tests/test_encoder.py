@@ -160,7 +160,7 @@ def test_cli_classify_every_head_with_the_onnx_model(exported, cli, tmp_path):
 
 def test_cli_task_all_refuses_a_single_task_model(cli, tmp_path):
     (tmp_path / "a.txt").write_text("hello\n")
-    res = cli("classify", tmp_path / "a.txt", "--task", "all")
+    res = cli("classify", tmp_path / "a.txt", "--task", "all", "-m", "smollm2-135m-instruct")
     assert res.returncode == 2 and "needs a multi-head encoder" in res.stderr
 
 

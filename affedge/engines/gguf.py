@@ -42,9 +42,8 @@ def _log_softmax(logits: np.ndarray) -> np.ndarray:
 
 @dataclass
 class _Prepared:
-    """A prompt spec tokenized for this model."""
+    """A prompt (messages with the item slot, and the answers) tokenized for this model."""
 
-    spec: PromptSpec
     head: list[int]
     suffix: list[int]
     answers: list[list[int]]
@@ -93,33 +92,41 @@ class GGUFEngine(Engine):
         self._eot = self._llm.token_eos()
         self._prepared: dict[tuple[str, tuple[str, ...]], _Prepared] = {}
         self._cached_head: list[int] | None = None
+        self._glue: tuple[list[int], list[int]] | None = None
         template = self._llm.metadata.get("tokenizer.chat_template")
         self._template = _compile_template(template) if template else None
 
     # ----------------------------------------------------------------- prompt plumbing
 
-    def _render(self, messages: Sequence[dict[str, str]]) -> str:
+    def _render(
+        self, messages: Sequence[dict[str, str]], add_generation_prompt: bool = True
+    ) -> str:
         if self._template is None:
             # No chat template in the file: plain "role: content" turns.
             text = "".join(f"{m['role']}: {m['content']}\n" for m in messages)
-            return text + "assistant: "
+            return text + ("assistant: " if add_generation_prompt else "")
         bos = self._llm.detokenize([self._llm.token_bos()], special=True).decode(
             "utf-8", errors="ignore"
         )
         eos = self._llm.detokenize([self._eot], special=True).decode("utf-8", errors="ignore")
         return self._template.render(
-            messages=list(messages), add_generation_prompt=True, bos_token=bos, eos_token=eos
+            messages=list(messages),
+            add_generation_prompt=add_generation_prompt,
+            bos_token=bos,
+            eos_token=eos,
         )
 
     def _tokens(self, text: str, special: bool) -> list[int]:
         return self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=special)
 
-    def _prepare(self, task: Task, labels: Sequence[str] | None) -> _Prepared:
-        spec = prompt_spec(task, labels)
-        key = (task.name, spec.answers)
+    def _prepare(
+        self, messages: Sequence[dict[str, str]], answers: Sequence[str], digits: bool = False
+    ) -> _Prepared:
+        """Tokenize a prompt whose user message holds :data:`ITEM_SLOT`, and its answers."""
+        key = (tuple(tuple(sorted(m.items())) for m in messages), tuple(answers))
         if key in self._prepared:
             return self._prepared[key]
-        rendered = self._render(spec.messages)
+        rendered = self._render(messages)
         before, sep, after = rendered.partition(ITEM_SLOT)
         if not sep:
             raise ModelError(f"{self.path}: the chat template dropped the user message")
@@ -129,19 +136,32 @@ class GGUFEngine(Engine):
         if add_bos and bos >= 0 and (not head or head[0] != bos):
             head = [bos, *head]
         suffix = self._tokens(after, special=True)
-        answers = [self._tokens(a, special=False) for a in spec.answers]
-        if any(not a for a in answers):
-            raise ModelError(f"a label tokenizes to nothing: {spec.answers}")
-        if task.kind == "score" and any(len(a) != 1 for a in answers):
+        tokens, first_only = self._answer_tokens(answers)
+        if digits and any(len(a) != 1 for a in tokens):
             raise ModelError(f"{self.path}: digits 0-9 are not single tokens in this model")
-        if _has_prefix_pair(answers):
-            answers = [[*a, self._eot] for a in answers]
-        first_only = all(len(a) == 1 for a in answers) and len({a[0] for a in answers}) == len(
-            answers
-        )
-        prepared = _Prepared(spec, head, suffix, answers, first_only)
+        prepared = _Prepared(head, suffix, tokens, first_only)
         self._prepared[key] = prepared
         return prepared
+
+    def _answer_tokens(self, answers: Sequence[str]) -> tuple[list[list[int]], bool]:
+        """Answers as token continuations, and whether their first tokens decide them."""
+        tokens = [self._tokens(a, special=False) for a in answers]
+        if any(not a for a in tokens):
+            raise ModelError(f"an answer tokenizes to nothing: {list(answers)}")
+        if _has_prefix_pair(tokens):
+            tokens = [[*a, self._eot] for a in tokens]
+        first_only = all(len(a) == 1 for a in tokens) and len({a[0] for a in tokens}) == len(tokens)
+        return tokens, first_only
+
+    def _task_prompt(
+        self, task: Task, labels: Sequence[str] | None
+    ) -> tuple[PromptSpec, _Prepared]:
+        spec = prompt_spec(task, labels)
+        return spec, self._prepare(spec.messages, spec.answers, digits=task.kind == "score")
+
+    def _body(self, spec: PromptSpec, record: Record) -> str:
+        turns = self.context_turns
+        return spec.body(record) if turns is None else spec.body(record, turns)
 
     # ------------------------------------------------------------------ decoding
 
@@ -179,10 +199,8 @@ class GGUFEngine(Engine):
         self._decode(head, 0, all_logits=False)
         self._cached_head = head
 
-    def _item_tokens(self, prep: _Prepared, record: Record) -> tuple[list[int], bool]:
+    def _item_tokens(self, prep: _Prepared, body_text: str) -> tuple[list[int], bool]:
         """The item's tokens (body + suffix), cut in the middle if they overflow the window."""
-        turns = self.context_turns
-        body_text = prep.spec.body(record) if turns is None else prep.spec.body(record, turns)
         body = self._tokens(body_text, special=False)
         room = self.n_ctx - len(prep.head) - len(prep.suffix) - prep.max_answer - 1
         if room < 16:
@@ -193,17 +211,24 @@ class GGUFEngine(Engine):
             body = body[:keep_start] + body[len(body) - (room - keep_start) :]
         return body + prep.suffix, truncated
 
-    def _answer_logprobs(self, prep: _Prepared, record: Record) -> tuple[np.ndarray, bool]:
+    def _answer_logprobs(self, prep: _Prepared, body_text: str) -> tuple[np.ndarray, bool]:
         """log p(answer | prompt) for every answer of ``prep`` (one row per answer)."""
         self._ensure_head(prep.head)
-        item, truncated = self._item_tokens(prep, record)
+        item, truncated = self._item_tokens(prep, body_text)
         start = len(prep.head)
         first = _log_softmax(self._decode(item, start, all_logits=False)[-1])
-        if prep.first_only:
-            return np.array([first[a[0]] for a in prep.answers]), truncated
-        pos = start + len(item)
-        scores = np.empty(len(prep.answers))
-        for i, answer in enumerate(prep.answers):
+        scores = self._continuations(first, prep.answers, prep.first_only, start + len(item))
+        return scores, truncated
+
+    def _continuations(
+        self, first: np.ndarray, answers: list[list[int]], first_only: bool, pos: int
+    ) -> np.ndarray:
+        """Total log-probability of each answer continuing the sequence at ``pos``, given the
+        log-probabilities ``first`` of the token there; the KV cache is left ending at ``pos``."""
+        if first_only:
+            return np.array([first[a[0]] for a in answers])
+        scores = np.empty(len(answers))
+        for i, answer in enumerate(answers):
             total = first[answer[0]]
             if len(answer) > 1:
                 logits = self._decode(answer[:-1], pos, all_logits=True)
@@ -211,28 +236,39 @@ class GGUFEngine(Engine):
                     total += _log_softmax(logits[j])[tok]
                 self._forget_after(pos)
             scores[i] = total
-        return scores, truncated
+        return scores
 
     # ------------------------------------------------------------------ interface
 
     def classify(
         self, records: Iterable[Record], task: Task, labels: Sequence[str] | None = None
     ) -> Iterator[LabelResult]:
-        prep = self._prepare(task, labels)
+        spec, prep = self._task_prompt(task, labels)
         for record in records:
-            logp, truncated = self._answer_logprobs(prep, record)
-            probs = np.exp(logp - logp.max())
-            probs /= probs.sum()
-            yield LabelResult(
-                probs={lab: float(p) for lab, p in zip(prep.spec.answers, probs, strict=True)},
-                truncated=truncated,
-            )
+            yield self._label_result(prep, spec.answers, self._body(spec, record))
+
+    def _label_result(self, prep: _Prepared, answers: Sequence[str], body_text: str) -> LabelResult:
+        logp, truncated = self._answer_logprobs(prep, body_text)
+        probs = np.exp(logp - logp.max())
+        probs /= probs.sum()
+        return LabelResult(
+            probs={a: float(p) for a, p in zip(answers, probs, strict=True)}, truncated=truncated
+        )
+
+    def choose(
+        self, messages: Sequence[dict[str, str]], body: str, answers: Sequence[str]
+    ) -> LabelResult:
+        """Score ``answers`` as continuations of ``messages`` with ``body`` in the item slot.
+
+        The part of the prompt before :data:`ITEM_SLOT` is cached like a task's head.
+        """
+        return self._label_result(self._prepare(messages, answers), answers, body)
 
     def score(self, records: Iterable[Record], task: Task) -> Iterator[ScoreResult]:
-        prep = self._prepare(task, None)
+        spec, prep = self._task_prompt(task, None)
         values = np.arange(len(prep.answers), dtype=np.float64) / (len(prep.answers) - 1)
         for record in records:
-            logp, truncated = self._answer_logprobs(prep, record)
+            logp, truncated = self._answer_logprobs(prep, self._body(spec, record))
             dist = np.exp(logp - logp.max())
             dist /= dist.sum()
             yield ScoreResult(
@@ -254,10 +290,31 @@ class GGUFEngine(Engine):
         self._llm.n_tokens = 0
         return out["choices"][0]["text"]  # type: ignore[index]
 
+    def chat(self, messages: Sequence[dict[str, str]], body: str) -> ChatState:
+        """Start a conversation: ``messages`` (with :data:`ITEM_SLOT` in the last user message,
+        whose head is cached across items) with ``body`` in the slot, at the assistant's turn."""
+        prep = self._prepare(messages, ("x",))
+        self._ensure_head(prep.head)
+        item, truncated = self._item_tokens(prep, body)
+        logits = self._decode(item, len(prep.head), all_logits=False)[-1]
+        return ChatState(self, len(prep.head) + len(item), logits, truncated)
+
+    def _turn_glue(self) -> tuple[list[int], list[int]]:
+        """Tokens that end an assistant turn and open a user turn, and that end a user turn
+        and open the assistant's, read off the chat template with sentinel contents."""
+        if self._glue is None:
+            a, u = "\x00A\x00", "\x00U\x00"
+            msgs = [{"role": "user", "content": "q"}, {"role": "assistant", "content": a}]
+            text = self._render([*msgs, {"role": "user", "content": u}])
+            between = text.split(a, 1)[1].split(u, 1)[0]
+            after = text.split(u, 1)[1]
+            self._glue = (self._tokens(between, special=True), self._tokens(after, special=True))
+        return self._glue
+
     def prompt_tokens(self, task: Task, record: Record, labels: Sequence[str] | None = None):
         """The full prompt of ``record`` as the model sees it (head + item), for baselines."""
-        prep = self._prepare(task, labels)
-        item, _ = self._item_tokens(prep, record)
+        spec, prep = self._task_prompt(task, labels)
+        item, _ = self._item_tokens(prep, self._body(spec, record))
         return prep.head + item
 
     def close(self) -> None:
@@ -265,6 +322,65 @@ class GGUFEngine(Engine):
         if llm is not None:
             llm.close()
             self._llm = None  # type: ignore[assignment]
+
+
+class ChatState:
+    """A conversation growing in the KV cache: generate, score answers, add turns.
+
+    Used by SANM negotiation: the generator and discriminator roles alternate as turns of one
+    sequence, so each turn costs only its own tokens. Text that comes from the analysed item or
+    from the model is tokenized without special tokens; only template glue is parsed.
+    """
+
+    def __init__(self, engine: GGUFEngine, pos: int, logits: np.ndarray, truncated: bool):
+        self.engine = engine
+        self.pos = pos
+        self.logits = logits
+        self.truncated = truncated
+
+    def _append(self, tokens: Sequence[int]) -> None:
+        if not tokens:
+            return
+        if self.pos + len(tokens) >= self.engine.n_ctx:
+            raise ModelError(f"{self.engine.path}: the conversation outgrew the context window")
+        self.logits = self.engine._decode(tokens, self.pos, all_logits=False)[-1]
+        self.pos += len(tokens)
+
+    def add(self, text: str) -> None:
+        """Append ``text`` to the current turn (never parsed for special tokens)."""
+        self._append(self.engine._tokens(text, special=False))
+
+    def choose(self, answers: Sequence[str], allowed: Sequence[str] | None = None) -> LabelResult:
+        """Probabilities of ``answers`` (restricted to ``allowed``) continuing here."""
+        options = [a for a in answers if allowed is None or a in allowed]
+        tokens, first_only = self.engine._answer_tokens(options)
+        logp = self.engine._continuations(_log_softmax(self.logits), tokens, first_only, self.pos)
+        probs = np.exp(logp - logp.max())
+        probs /= probs.sum()
+        return LabelResult({a: float(p) for a, p in zip(options, probs, strict=True)})
+
+    def generate(self, max_tokens: int) -> str:
+        """Greedy continuation of the current turn, up to a newline or the end of the turn."""
+        llm = self.engine._llm
+        stop = {self.engine._eot, llm.token_eos()}
+        out: list[int] = []
+        for _ in range(max_tokens):
+            tok = int(np.argmax(self.logits))
+            if tok in stop:
+                break
+            piece = llm.detokenize([tok]).decode("utf-8", errors="ignore")
+            if "\n" in piece and out:
+                break
+            out.append(tok)
+            self._append([tok])
+        return llm.detokenize(out).decode("utf-8", errors="replace").strip()
+
+    def user_turn(self, text: str) -> None:
+        """Close the assistant's turn, add a user turn with ``text``, open the assistant's."""
+        close, open_ = self.engine._turn_glue()
+        self._append(close)
+        self.add(text)
+        self._append(open_)
 
 
 def _has_prefix_pair(answers: list[list[int]]) -> bool:
