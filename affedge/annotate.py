@@ -37,38 +37,30 @@ def as_records(items: Iterable[Item]) -> Iterator[Record]:
         yield as_record(item, number)
 
 
-def label_row(record: Record, task: str, result: LabelResult, model: str) -> dict[str, Any]:
-    """The output record of one classified item (the CLI's JSONL schema)."""
-    row: dict[str, Any] = {
-        "id": record_id(record),
-        "text": record.text,
-        "task": task,
-        "label": result.label,
-        "probs": result.probs,
-        "model": model,
-    }
-    if result.truncated:
+def output_row(
+    record: Record, task: str, model: str, fields: dict[str, Any], truncated: bool = False
+) -> dict[str, Any]:
+    """One output record (the CLI's JSONL schema): id, text, task, the result's fields, model,
+    and ``truncated`` only when the item was cut to fit the model."""
+    row = {"id": record_id(record), "text": record.text, "task": task, **fields, "model": model}
+    if truncated:
         row["truncated"] = True
     return row
+
+
+def label_row(record: Record, task: str, result: LabelResult, model: str) -> dict[str, Any]:
+    fields = {"label": result.label, "probs": result.probs}
+    return output_row(record, task, model, fields, result.truncated)
 
 
 def score_row(record: Record, task: str, result: ScoreResult, model: str) -> dict[str, Any]:
-    """The output record of one scored item (the CLI's JSONL schema)."""
-    row: dict[str, Any] = {
-        "id": record_id(record),
-        "text": record.text,
-        "task": task,
-        "score": result.score,
-        "model": model,
-    }
-    if result.truncated:
-        row["truncated"] = True
-    return row
+    return output_row(record, task, model, {"score": result.score}, result.truncated)
 
 
 def all_heads_row(record: Record, task: str, result: dict[str, Any], model: str) -> dict[str, Any]:
-    """The output record of `--task all`: every head of a multi-head encoder."""
-    return {"id": record_id(record), "text": record.text, "task": task, **result, "model": model}
+    """`--task all`: every head of a multi-head encoder."""
+    fields = {k: v for k, v in result.items() if k != "truncated"}
+    return output_row(record, task, model, fields, bool(result.get("truncated")))
 
 
 class Annotator:

@@ -89,6 +89,9 @@ ResumeOpt = Annotated[
     bool, typer.Option("--resume", help="Continue an interrupted run into the same --output.")
 ]
 ThreadsOpt = Annotated[int | None, typer.Option(min=1, help="CPU threads [default: all cores].")]
+LabelsOpt = Annotated[
+    str | None, typer.Option(help="Comma-separated label set replacing the task's labels.")
+]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")]
 
 
@@ -138,7 +141,7 @@ def _annotate(
     atomically."""
     from affedge.annotate import all_heads_row, label_row, score_row
     from affedge.engines import open_engine
-    from affedge.io import InputReader, ResultSink, partial_path, read_partial, record_id, scan
+    from affedge.io import InputReader, ResultSink, partial_path, read_partial, scan
     from affedge.models import resolve_model
 
     kind = "score" if command == "score" else "classify"
@@ -228,9 +231,7 @@ def _annotate(
                 results = negotiator.run(_tap(remaining(), order))
 
                 def make_row(record, name, result, model_name):
-                    return negotiation_row(
-                        record_id(record), record.text, name, result, model_name, trace
-                    )
+                    return negotiation_row(record, name, result, model_name, trace)
             elif every_head:
                 results = engine.analyze(_tap(remaining(), order))  # type: ignore[attr-defined]
                 make_row = all_heads_row
@@ -309,9 +310,7 @@ def classify(
         ),
     ] = "sentiment",
     model: ModelOpt = None,
-    labels: Annotated[
-        str | None, typer.Option(help="Comma-separated label set replacing the task's labels.")
-    ] = None,
+    labels: LabelsOpt = None,
     format: FormatOpt = None,
     output: OutputOpt = None,
     text_field: TextFieldOpt = None,
@@ -368,9 +367,7 @@ def negotiate(
         float, typer.Option(min=0.0, max=1.0, help="P(agree) the discriminator needs.")
     ] = 0.5,
     model: ModelOpt = None,
-    labels: Annotated[
-        str | None, typer.Option(help="Comma-separated label set replacing the task's labels.")
-    ] = None,
+    labels: LabelsOpt = None,
     format: FormatOpt = None,
     output: OutputOpt = None,
     text_field: TextFieldOpt = None,

@@ -139,24 +139,18 @@ class Negotiator:
             yield self.negotiate(record)
 
 
-def negotiation_row(
-    record_id: int | str, text: str, task: str, result: Negotiation, model: str, trace: bool
-) -> dict[str, Any]:
-    """The output record of `affedge negotiate` (classify's fields plus the protocol's)."""
-    row: dict[str, Any] = {
-        "id": record_id,
-        "text": text,
-        "task": task,
+def negotiation_row(record: Record, task: str, result: Negotiation, model: str, trace: bool):
+    """The output record of `affedge negotiate`: classify's fields plus the protocol's."""
+    from affedge.annotate import output_row
+
+    fields: dict[str, Any] = {
         "label": result.label,
         "probs": result.probs,
         "rounds": len(result.rounds),
         "consensus": result.consensus,
-        "model": model,
     }
     if result.fallback:
-        row["fallback"] = result.fallback
-    if result.truncated:
-        row["truncated"] = True
+        fields["fallback"] = result.fallback
     if trace:
-        row["trace"] = result.trace()
-    return row
+        fields["trace"] = result.trace()
+    return output_row(record, task, model, fields, result.truncated)

@@ -18,16 +18,13 @@ Each method runs ``--reps`` times; items/s is the median. Run:
 from __future__ import annotations
 
 import argparse
-import json
-import shlex
 import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
-from datetime import datetime, timezone
 from pathlib import Path
 
-from affedge.bench.machine import machine_info
+from affedge.bench.reporting import stamp, write_report
 from affedge.datasets import load_dataset
 from affedge.engines.gguf import GGUFEngine
 from affedge.metrics import accuracy
@@ -143,21 +140,15 @@ def main(argv: Sequence[str] | None = None) -> None:
             accuracy(main_preds, predictions[row["method"]], labels), 4
         )
     report = {
-        "benchmark": "classify_speed",
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": "python -m affedge.bench.classify_speed " + shlex.join(argv or sys.argv[1:]),
+        **stamp("classify_speed", argv, "llama-cpp-python"),
         "model": ref.name,
         "items": f"SST-2 test, first {len(records)}",
         "threads": args.threads,
         "reps": args.reps,
         "max_tokens": args.max_tokens,
-        "machine": machine_info("llama-cpp-python"),
         "results": rows,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text(_markdown(report))
-    print(_markdown(report))
+    write_report(args.out, report, _markdown(report))
 
 
 def _markdown(report: dict) -> str:

@@ -13,19 +13,16 @@ start: wall time of ``affedge classify`` on a 10-line file in a fresh process (m
 from __future__ import annotations
 
 import argparse
-import json
-import shlex
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from affedge.bench.machine import machine_info
+from affedge.bench.reporting import stamp, write_report
 from affedge.datasets import load_dataset
 from affedge.engines import open_engine
 from affedge.evaluate import evaluate
@@ -146,10 +143,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=RESULTS / "encoder_report")
     args = parser.parse_args(argv)
     report: dict[str, Any] = {
-        "benchmark": "encoder_report",
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": "python -m affedge.bench.encoder_report " + shlex.join(argv or sys.argv[1:]),
-        "machine": machine_info("onnxruntime", "torch", "llama-cpp-python"),
+        **stamp("encoder_report", argv, "onnxruntime", "torch", "llama-cpp-python"),
         "threads": args.threads,
         "quality": {"int8": quality(args.int8, args.threads)},
     }
@@ -157,10 +151,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         report["quality"]["fp32"] = quality(args.fp32, args.threads)
     report["speed"] = speed(args.int8, args.fp32, args.torch, args.threads, args.reps)
     report["cold_start_s"] = cold_start(args.int8)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text(markdown(report))
-    print(markdown(report))
+    write_report(args.out, report, markdown(report))
 
 
 def markdown(report: dict[str, Any]) -> str:

@@ -1,4 +1,4 @@
-"""What machine a benchmark ran on, recorded beside every result."""
+"""What every recorded benchmark run carries: the machine, the command, the files."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import platform
 import sys
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 
 def _cpu_model() -> str:
@@ -38,4 +39,27 @@ def machine_info(*packages: str) -> dict[str, object]:
         "os": f"{platform.system()} {platform.release()}",
         "python": sys.version.split()[0],
         "packages": {p: _version(p) for p in ("affedge", *packages)},
+    }
+
+
+def write_report(out: Path, report: dict[str, Any], markdown: str) -> None:
+    """Record a run as ``out.json`` and ``out.md`` (bench/results/ by default) and print it."""
+    import json
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    out.with_suffix(".md").write_text(markdown)
+    print(markdown)
+
+
+def stamp(name: str, argv: list[str] | None, *packages: str) -> dict[str, Any]:
+    """The fields every recorded run starts with: what ran, when, how, and where."""
+    import shlex
+    from datetime import datetime, timezone
+
+    return {
+        "benchmark": name,
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": f"python -m affedge.bench.{name} " + shlex.join(argv or sys.argv[1:]),
+        "machine": machine_info(*packages),
     }
