@@ -162,6 +162,13 @@ class ModelListing:
     install: str
 
 
+def _size(path: Path) -> int:
+    """Bytes of a model file, or of every file in a model folder."""
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size
+
+
 def list_models() -> list[ModelListing]:
     """Every built-in model, installed or not, with where it lives."""
     default = default_model_name()
@@ -175,7 +182,7 @@ def list_models() -> list[ModelListing]:
                 default=model.name == default,
                 available=path is not None,
                 path=str(path) if path else "",
-                size_mb=round(path.stat().st_size / 2**20, 1) if path else None,
+                size_mb=round(_size(path) / 2**20, 1) if path else None,
                 description=model.description,
                 install=model.install,
             )

@@ -44,7 +44,7 @@ def test_manifest_matches_the_artifact_and_the_registry(shipped):
     onnx = shipped / manifest["onnx"]["file"]
     report = manifest["export"]
     assert report["quant"] == "int8"
-    assert report["label_agreement"] >= report["min_agreement"] >= 0.97
+    assert report["label_agreement"] >= report["min_agreement"] >= 0.95
     assert onnx.stat().st_size / 2**20 == pytest.approx(report["size_mb"], abs=0.01)
     assert onnx.stat().st_size <= 30 * 2**20
     assert (shipped / "tokenizer.json").is_file()
