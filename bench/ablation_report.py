@@ -50,9 +50,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         "|---|" + "---:|" * len(runs),
     ]
     for source in sources:
-        cells = [f"{r['validation'].get(source, float('nan')):.4f}" for r in runs]
-        best = max(cells)
-        cells = [f"**{c}**" if c == best else c for c in cells]
+        values = [r["validation"].get(source, float("nan")) for r in runs]
+        best = max(values)
+        cells = [f"**{v:.4f}**" if v == best else f"{v:.4f}" for v in values]
         lines.append(f"| {source} | " + " | ".join(cells) + " |")
     write_report(args.out, {"runs": runs}, "\n".join(lines) + "\n")
 

@@ -58,7 +58,7 @@ def _timed(run: Callable[[], list[str]], reps: int) -> tuple[list[str], list[flo
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default=None, help="model name or GGUF path [default model]")
+    parser.add_argument("--model", default="smollm2-135m-instruct", help="GGUF name or path")
     parser.add_argument("--n", type=int, default=150, help="SST-2 test items (first N)")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
