@@ -446,7 +446,7 @@ def models_list(json_out: Annotated[bool, typer.Option("--json")] = False) -> No
             m.path or m.install,
         )
     Console().print(table)
-    print("Any local GGUF file also works: --model path/to/model.gguf")
+    print("Any local GGUF file or exported ONNX folder also works: --model PATH")
 
 
 @tasks_app.command("list")
