@@ -141,7 +141,14 @@ def _annotate(
     atomically."""
     from affedge.annotate import all_heads_row, label_row, score_row
     from affedge.engines import open_engine
-    from affedge.io import InputReader, ResultSink, partial_path, read_partial, scan
+    from affedge.io import (
+        MAX_ITEM_CHARS,
+        InputReader,
+        ResultSink,
+        partial_path,
+        read_partial,
+        scan,
+    )
     from affedge.models import resolve_model
 
     kind = "score" if command == "score" else "classify"
@@ -266,6 +273,8 @@ def _annotate(
         notes = []
         if reader.stats.blank:
             notes.append(f"{reader.stats.blank} blank lines skipped")
+        if reader.stats.clipped:
+            notes.append(f"{reader.stats.clipped} items over {MAX_ITEM_CHARS:,} characters cut")
         if truncated:
             notes.append(f"{truncated} items truncated to the context window")
         if done:

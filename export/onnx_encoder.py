@@ -69,7 +69,7 @@ def _quantize_int8(src: Path, dst: Path) -> None:
     quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True)
 
 
-def _sample(model_dir: Path, n: int, data_dir: str | Path | None) -> list[tuple[Record, str, Any]]:
+def _sample(n: int, data_dir: str | Path | None) -> list[tuple[Record, str, Any]]:
     """``n`` validation items drawn round-robin over the training sources, with gold."""
     from affedge.train.encoder_data import build_examples
 
@@ -84,24 +84,24 @@ def _sample(model_dir: Path, n: int, data_dir: str | Path | None) -> list[tuple[
     return out
 
 
-def _ort_outputs(path: Path, tokenizer, records, turns, threads: int = 2) -> list[np.ndarray]:
+def _session(path: Path, threads: int):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _ort_outputs(session, tokenizer, records, turns) -> list[np.ndarray]:
+    """Every head's output for ``records`` from an onnxruntime session, batches of 32."""
     chunks = []
     for start in range(0, len(records), 32):
         chunks.append(session.run(list(HEADS), tokenizer(records[start : start + 32], turns)))
     return [np.concatenate([c[i] for c in chunks]) for i in range(len(HEADS))]
 
 
-def _latency_ms(path: Path, tokenizer, records, turns, threads: int = 2, reps: int = 3) -> float:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+def _latency_ms(session, tokenizer, records, turns, reps: int = 3) -> float:
+    """Median milliseconds per item of a warm session on one batch of 32."""
     batch = tokenizer(records[:32], turns)
     session.run(None, batch)
     times = []
@@ -169,7 +169,7 @@ def export_onnx(
     model, manifest = load_trained(model_dir)
     turns = manifest["context_turns"]
     tokenizer = EncoderTokenizer(model_dir / "tokenizer.json", manifest["max_length"])
-    sample = _sample(model_dir, sample_size, data_dir)
+    sample = _sample(sample_size, data_dir)
     records = [s[0] for s in sample]
     torch.set_num_threads(threads)
     reference = predict(model, tokenizer, records, turns)
@@ -187,13 +187,14 @@ def export_onnx(
                 shutil.copy(fp32, target)
             else:
                 _quantize_int8(fp32, target)
-            report = compare(reference, _ort_outputs(target, tokenizer, records, turns), sample)
+            session = _session(target, threads)
+            report = compare(reference, _ort_outputs(session, tokenizer, records, turns), sample)
             report.update(
                 quant=quant,
                 sample=len(records),
                 min_agreement=floors[quant],
                 size_mb=round(target.stat().st_size / 2**20, 2),
-                cpu_latency_ms_per_item=_latency_ms(target, tokenizer, records, turns, threads),
+                cpu_latency_ms_per_item=_latency_ms(session, tokenizer, records, turns),
                 threads=threads,
             )
             reports[quant] = report

@@ -32,6 +32,8 @@ from affedge.records import Record
 from affedge.tasks import Task
 
 DEFAULT_N_CTX = 2048
+#: Tokens a negotiation keeps free after the item for its deductions, verdicts and turns.
+CHAT_RESERVE = 512
 
 
 def _log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -90,7 +92,8 @@ class GGUFEngine(Engine):
         self.n_ctx = self._llm.n_ctx()
         self.n_vocab = self._llm.n_vocab()
         self._eot = self._llm.token_eos()
-        self._prepared: dict[tuple[str, tuple[str, ...]], _Prepared] = {}
+        self._prepared: dict[tuple, _Prepared] = {}
+        self._split: dict[tuple, tuple[list[int], list[int]]] = {}
         self._cached_head: list[int] | None = None
         self._glue: tuple[list[int], list[int]] | None = None
         template = self._llm.metadata.get("tokenizer.chat_template")
@@ -98,26 +101,40 @@ class GGUFEngine(Engine):
 
     # ----------------------------------------------------------------- prompt plumbing
 
-    def _render(
-        self, messages: Sequence[dict[str, str]], add_generation_prompt: bool = True
-    ) -> str:
+    def _render(self, messages: Sequence[dict[str, str]]) -> str:
+        """The chat template applied to ``messages``, ending at the assistant's turn."""
         if self._template is None:
             # No chat template in the file: plain "role: content" turns.
             text = "".join(f"{m['role']}: {m['content']}\n" for m in messages)
-            return text + ("assistant: " if add_generation_prompt else "")
+            return text + "assistant: "
         bos = self._llm.detokenize([self._llm.token_bos()], special=True).decode(
             "utf-8", errors="ignore"
         )
         eos = self._llm.detokenize([self._eot], special=True).decode("utf-8", errors="ignore")
         return self._template.render(
             messages=list(messages),
-            add_generation_prompt=add_generation_prompt,
+            add_generation_prompt=True,
             bos_token=bos,
             eos_token=eos,
         )
 
     def _tokens(self, text: str, special: bool) -> list[int]:
         return self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=special)
+
+    def _split_prompt(self, messages: Sequence[dict[str, str]]) -> tuple[list[int], list[int]]:
+        """Tokens before and after :data:`ITEM_SLOT` in the rendered ``messages`` (cached)."""
+        key = tuple(tuple(sorted(m.items())) for m in messages)
+        if key not in self._split:
+            before, sep, after = self._render(messages).partition(ITEM_SLOT)
+            if not sep:
+                raise ModelError(f"{self.path}: the chat template dropped the user message")
+            head = self._tokens(before, special=True)
+            add_bos = self._llm.metadata.get("tokenizer.ggml.add_bos_token", "false") == "true"
+            bos = self._llm.token_bos()
+            if add_bos and bos >= 0 and (not head or head[0] != bos):
+                head = [bos, *head]
+            self._split[key] = (head, self._tokens(after, special=True))
+        return self._split[key]
 
     def _prepare(
         self, messages: Sequence[dict[str, str]], answers: Sequence[str], digits: bool = False
@@ -126,16 +143,7 @@ class GGUFEngine(Engine):
         key = (tuple(tuple(sorted(m.items())) for m in messages), tuple(answers))
         if key in self._prepared:
             return self._prepared[key]
-        rendered = self._render(messages)
-        before, sep, after = rendered.partition(ITEM_SLOT)
-        if not sep:
-            raise ModelError(f"{self.path}: the chat template dropped the user message")
-        head = self._tokens(before, special=True)
-        add_bos = self._llm.metadata.get("tokenizer.ggml.add_bos_token", "false") == "true"
-        bos = self._llm.token_bos()
-        if add_bos and bos >= 0 and (not head or head[0] != bos):
-            head = [bos, *head]
-        suffix = self._tokens(after, special=True)
+        head, suffix = self._split_prompt(messages)
         tokens, first_only = self._answer_tokens(answers)
         if digits and any(len(a) != 1 for a in tokens):
             raise ModelError(f"{self.path}: digits 0-9 are not single tokens in this model")
@@ -199,22 +207,25 @@ class GGUFEngine(Engine):
         self._decode(head, 0, all_logits=False)
         self._cached_head = head
 
-    def _item_tokens(self, prep: _Prepared, body_text: str) -> tuple[list[int], bool]:
-        """The item's tokens (body + suffix), cut in the middle if they overflow the window."""
+    def _item_tokens(
+        self, head: list[int], suffix: list[int], reserve: int, body_text: str
+    ) -> tuple[list[int], bool]:
+        """The item's tokens (body + suffix), cut in the middle if they would leave fewer than
+        ``reserve`` tokens of the window free after them."""
         body = self._tokens(body_text, special=False)
-        room = self.n_ctx - len(prep.head) - len(prep.suffix) - prep.max_answer - 1
+        room = self.n_ctx - len(head) - len(suffix) - reserve
         if room < 16:
             raise ModelError(f"{self.path}: context window of {self.n_ctx} tokens is too small")
         truncated = len(body) > room
         if truncated:
             keep_start = room // 2
             body = body[:keep_start] + body[len(body) - (room - keep_start) :]
-        return body + prep.suffix, truncated
+        return body + suffix, truncated
 
     def _answer_logprobs(self, prep: _Prepared, body_text: str) -> tuple[np.ndarray, bool]:
         """log p(answer | prompt) for every answer of ``prep`` (one row per answer)."""
         self._ensure_head(prep.head)
-        item, truncated = self._item_tokens(prep, body_text)
+        item, truncated = self._item_tokens(prep.head, prep.suffix, prep.max_answer + 1, body_text)
         start = len(prep.head)
         first = _log_softmax(self._decode(item, start, all_logits=False)[-1])
         scores = self._continuations(first, prep.answers, prep.first_only, start + len(item))
@@ -293,11 +304,11 @@ class GGUFEngine(Engine):
     def chat(self, messages: Sequence[dict[str, str]], body: str) -> ChatState:
         """Start a conversation: ``messages`` (with :data:`ITEM_SLOT` in the last user message,
         whose head is cached across items) with ``body`` in the slot, at the assistant's turn."""
-        prep = self._prepare(messages, ("x",))
-        self._ensure_head(prep.head)
-        item, truncated = self._item_tokens(prep, body)
-        logits = self._decode(item, len(prep.head), all_logits=False)[-1]
-        return ChatState(self, len(prep.head) + len(item), logits, truncated)
+        head, suffix = self._split_prompt(messages)
+        self._ensure_head(head)
+        item, truncated = self._item_tokens(head, suffix, CHAT_RESERVE, body)
+        logits = self._decode(item, len(head), all_logits=False)[-1]
+        return ChatState(self, len(head) + len(item), logits, truncated)
 
     def _turn_glue(self) -> tuple[list[int], list[int]]:
         """Tokens that end an assistant turn and open a user turn, and that end a user turn
@@ -314,7 +325,9 @@ class GGUFEngine(Engine):
     def prompt_tokens(self, task: Task, record: Record, labels: Sequence[str] | None = None):
         """The full prompt of ``record`` as the model sees it (head + item), for baselines."""
         spec, prep = self._task_prompt(task, labels)
-        item, _ = self._item_tokens(prep, self._body(spec, record))
+        item, _ = self._item_tokens(
+            prep.head, prep.suffix, prep.max_answer + 1, self._body(spec, record)
+        )
         return prep.head + item
 
     def close(self) -> None:
