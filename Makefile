@@ -17,7 +17,7 @@ $(VENV)/.runtime: pyproject.toml
 
 # Development: the training/export extras (torch CPU) and the test tools on top.
 $(VENV)/.dev: $(VENV)/.runtime
-	$(BIN)/pip install -e ".[test,train,export]"
+	$(BIN)/pip install -e ".[test,train,export,bench]"
 	touch $@
 
 demo: $(VENV)/.runtime
