@@ -70,3 +70,42 @@ def run_cli(*args: str, input: str | None = None, cwd: Path | None = None) -> Re
 @pytest.fixture
 def cli():
     return run_cli
+
+
+@pytest.fixture(scope="session")
+def smollm2_hf(smollm2_path) -> Path:
+    """SmolLM2 as a HF folder (converted from the GGUF once, cached under $AFFEDGE_CACHE)."""
+    pytest.importorskip("transformers")
+    from affedge.train.hf_base import hf_folder
+
+    return hf_folder(smollm2_path)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(smollm2_hf, tmp_path_factory) -> Path:
+    """A tiny randomly initialised llama (2 layers, hidden 64) with SmolLM2's tokenizer and
+    chat template: real architecture and tokenizer, seconds to train or export."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_hf)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        rms_norm_eps=1e-5,
+        rope_theta=10000.0,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    out = tmp_path_factory.mktemp("tiny-llama")
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    return out
