@@ -1,14 +1,12 @@
 """GGUF models on llama.cpp (llama-cpp-python).
 
-Classification reads label log-probabilities at the answer position instead of generating:
+Classification reads label log-probabilities at the answer position instead of generating
+(prompt and scoring rules shared with every decoder backend: engines/decoder.py):
 
 * the task's *head* (system message, instruction, options: everything before the item) is
   evaluated once and its KV cache kept; each item then evaluates only its own tokens;
-* a label is scored as its full token continuation, ``log p(t1) + log p(t2 | t1) + ...``;
-  labels whose first token is enough are read from the one forward pass of the item, longer
-  ones cost one short extra decode each; when one label's tokens are a prefix of another's,
-  every label ends in the end-of-turn token so that the shorter one is a complete answer;
-* scores are the expected value of the 0-9 answer-token distribution of one forward pass.
+* labels whose first token is enough are read from the one forward pass of the item, longer
+  ones cost one short extra decode each.
 
 Decoding goes through llama-cpp-python's ``_ctx``/``_batch`` (its own thin wrappers over
 ``llama_decode`` and the KV memory API) because the high-level ``Llama.eval`` neither keeps
@@ -19,44 +17,21 @@ floats). The tested range of llama-cpp-python is pinned in pyproject.toml.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 
 import numpy as np
 
-from affedge.engines.base import Engine, LabelResult, ScoreResult
+from affedge.engines.base import LabelResult
+from affedge.engines.decoder import DecoderEngine, Prepared, compile_chat_template, log_softmax
 from affedge.errors import ModelError
 from affedge.models import GGUF_MAGIC, ModelRef
-from affedge.prompts import ITEM_SLOT, PromptSpec, prompt_spec
-from affedge.records import Record
-from affedge.tasks import Task
 
 DEFAULT_N_CTX = 2048
 #: Tokens a negotiation keeps free after the item for its deductions, verdicts and turns.
 CHAT_RESERVE = 512
 
 
-def _log_softmax(logits: np.ndarray) -> np.ndarray:
-    x = logits.astype(np.float64)
-    x -= x.max()
-    return x - np.log(np.exp(x).sum())
-
-
-@dataclass
-class _Prepared:
-    """A prompt (messages with the item slot, and the answers) tokenized for this model."""
-
-    head: list[int]
-    suffix: list[int]
-    answers: list[list[int]]
-    first_only: bool  # every answer is decided by its first token
-
-    @property
-    def max_answer(self) -> int:
-        return max(len(a) for a in self.answers)
-
-
-class GGUFEngine(Engine):
+class GGUFEngine(DecoderEngine):
     """Label and score prediction with a GGUF model on llama.cpp."""
 
     def __init__(
@@ -92,84 +67,23 @@ class GGUFEngine(Engine):
         self.n_ctx = self._llm.n_ctx()
         self.n_vocab = self._llm.n_vocab()
         self._eot = self._llm.token_eos()
-        self._prepared: dict[tuple, _Prepared] = {}
-        self._split: dict[tuple, tuple[list[int], list[int]]] = {}
+        self._bos_id = self._llm.token_bos()
+        self._add_bos = self._llm.metadata.get("tokenizer.ggml.add_bos_token", "false") == "true"
+        self._bos_text = self._piece(self._bos_id)
+        self._eos_text = self._piece(self._eot)
+        self._init_prompt_cache()
         self._cached_head: list[int] | None = None
         self._glue: tuple[list[int], list[int]] | None = None
         template = self._llm.metadata.get("tokenizer.chat_template")
-        self._template = _compile_template(template) if template else None
-
-    # ----------------------------------------------------------------- prompt plumbing
-
-    def _render(self, messages: Sequence[dict[str, str]]) -> str:
-        """The chat template applied to ``messages``, ending at the assistant's turn."""
-        if self._template is None:
-            # No chat template in the file: plain "role: content" turns.
-            text = "".join(f"{m['role']}: {m['content']}\n" for m in messages)
-            return text + "assistant: "
-        bos = self._llm.detokenize([self._llm.token_bos()], special=True).decode(
-            "utf-8", errors="ignore"
-        )
-        eos = self._llm.detokenize([self._eot], special=True).decode("utf-8", errors="ignore")
-        return self._template.render(
-            messages=list(messages),
-            add_generation_prompt=True,
-            bos_token=bos,
-            eos_token=eos,
-        )
+        self._template = compile_chat_template(template) if template else None
 
     def _tokens(self, text: str, special: bool) -> list[int]:
         return self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=special)
 
-    def _split_prompt(self, messages: Sequence[dict[str, str]]) -> tuple[list[int], list[int]]:
-        """Tokens before and after :data:`ITEM_SLOT` in the rendered ``messages`` (cached)."""
-        key = tuple(tuple(sorted(m.items())) for m in messages)
-        if key not in self._split:
-            before, sep, after = self._render(messages).partition(ITEM_SLOT)
-            if not sep:
-                raise ModelError(f"{self.path}: the chat template dropped the user message")
-            head = self._tokens(before, special=True)
-            add_bos = self._llm.metadata.get("tokenizer.ggml.add_bos_token", "false") == "true"
-            bos = self._llm.token_bos()
-            if add_bos and bos >= 0 and (not head or head[0] != bos):
-                head = [bos, *head]
-            self._split[key] = (head, self._tokens(after, special=True))
-        return self._split[key]
-
-    def _prepare(
-        self, messages: Sequence[dict[str, str]], answers: Sequence[str], digits: bool = False
-    ) -> _Prepared:
-        """Tokenize a prompt whose user message holds :data:`ITEM_SLOT`, and its answers."""
-        key = (tuple(tuple(sorted(m.items())) for m in messages), tuple(answers))
-        if key in self._prepared:
-            return self._prepared[key]
-        head, suffix = self._split_prompt(messages)
-        tokens, first_only = self._answer_tokens(answers)
-        if digits and any(len(a) != 1 for a in tokens):
-            raise ModelError(f"{self.path}: digits 0-9 are not single tokens in this model")
-        prepared = _Prepared(head, suffix, tokens, first_only)
-        self._prepared[key] = prepared
-        return prepared
-
-    def _answer_tokens(self, answers: Sequence[str]) -> tuple[list[list[int]], bool]:
-        """Answers as token continuations, and whether their first tokens decide them."""
-        tokens = [self._tokens(a, special=False) for a in answers]
-        if any(not a for a in tokens):
-            raise ModelError(f"an answer tokenizes to nothing: {list(answers)}")
-        if _has_prefix_pair(tokens):
-            tokens = [[*a, self._eot] for a in tokens]
-        first_only = all(len(a) == 1 for a in tokens) and len({a[0] for a in tokens}) == len(tokens)
-        return tokens, first_only
-
-    def _task_prompt(
-        self, task: Task, labels: Sequence[str] | None
-    ) -> tuple[PromptSpec, _Prepared]:
-        spec = prompt_spec(task, labels)
-        return spec, self._prepare(spec.messages, spec.answers, digits=task.kind == "score")
-
-    def _body(self, spec: PromptSpec, record: Record) -> str:
-        turns = self.context_turns
-        return spec.body(record) if turns is None else spec.body(record, turns)
+    def _piece(self, token: int) -> str:
+        if token < 0:
+            return ""
+        return self._llm.detokenize([token], special=True).decode("utf-8", errors="ignore")
 
     # ------------------------------------------------------------------ decoding
 
@@ -207,27 +121,12 @@ class GGUFEngine(Engine):
         self._decode(head, 0, all_logits=False)
         self._cached_head = head
 
-    def _item_tokens(
-        self, head: list[int], suffix: list[int], reserve: int, body_text: str
-    ) -> tuple[list[int], bool]:
-        """The item's tokens (body + suffix), cut in the middle if they would leave fewer than
-        ``reserve`` tokens of the window free after them."""
-        body = self._tokens(body_text, special=False)
-        room = self.n_ctx - len(head) - len(suffix) - reserve
-        if room < 16:
-            raise ModelError(f"{self.path}: context window of {self.n_ctx} tokens is too small")
-        truncated = len(body) > room
-        if truncated:
-            keep_start = room // 2
-            body = body[:keep_start] + body[len(body) - (room - keep_start) :]
-        return body + suffix, truncated
-
-    def _answer_logprobs(self, prep: _Prepared, body_text: str) -> tuple[np.ndarray, bool]:
+    def _answer_logprobs(self, prep: Prepared, body_text: str) -> tuple[np.ndarray, bool]:
         """log p(answer | prompt) for every answer of ``prep`` (one row per answer)."""
         self._ensure_head(prep.head)
         item, truncated = self._item_tokens(prep.head, prep.suffix, prep.max_answer + 1, body_text)
         start = len(prep.head)
-        first = _log_softmax(self._decode(item, start, all_logits=False)[-1])
+        first = log_softmax(self._decode(item, start, all_logits=False)[-1])
         scores = self._continuations(first, prep.answers, prep.first_only, start + len(item))
         return scores, truncated
 
@@ -244,49 +143,12 @@ class GGUFEngine(Engine):
             if len(answer) > 1:
                 logits = self._decode(answer[:-1], pos, all_logits=True)
                 for j, tok in enumerate(answer[1:]):
-                    total += _log_softmax(logits[j])[tok]
+                    total += log_softmax(logits[j])[tok]
                 self._forget_after(pos)
             scores[i] = total
         return scores
 
     # ------------------------------------------------------------------ interface
-
-    def classify(
-        self, records: Iterable[Record], task: Task, labels: Sequence[str] | None = None
-    ) -> Iterator[LabelResult]:
-        spec, prep = self._task_prompt(task, labels)
-        for record in records:
-            yield self._label_result(prep, spec.answers, self._body(spec, record))
-
-    def _label_result(self, prep: _Prepared, answers: Sequence[str], body_text: str) -> LabelResult:
-        logp, truncated = self._answer_logprobs(prep, body_text)
-        probs = np.exp(logp - logp.max())
-        probs /= probs.sum()
-        return LabelResult(
-            probs={a: float(p) for a, p in zip(answers, probs, strict=True)}, truncated=truncated
-        )
-
-    def choose(
-        self, messages: Sequence[dict[str, str]], body: str, answers: Sequence[str]
-    ) -> LabelResult:
-        """Score ``answers`` as continuations of ``messages`` with ``body`` in the item slot.
-
-        The part of the prompt before :data:`ITEM_SLOT` is cached like a task's head.
-        """
-        return self._label_result(self._prepare(messages, answers), answers, body)
-
-    def score(self, records: Iterable[Record], task: Task) -> Iterator[ScoreResult]:
-        spec, prep = self._task_prompt(task, None)
-        values = np.arange(len(prep.answers), dtype=np.float64) / (len(prep.answers) - 1)
-        for record in records:
-            logp, truncated = self._answer_logprobs(prep, self._body(spec, record))
-            dist = np.exp(logp - logp.max())
-            dist /= dist.sum()
-            yield ScoreResult(
-                score=float(dist @ values),
-                distribution=tuple(float(p) for p in dist),
-                truncated=truncated,
-            )
 
     def generate(
         self, messages: Sequence[dict[str, str]], max_tokens: int = 32, stop: Sequence[str] = ()
@@ -321,14 +183,6 @@ class GGUFEngine(Engine):
             after = text.split(u, 1)[1]
             self._glue = (self._tokens(between, special=True), self._tokens(after, special=True))
         return self._glue
-
-    def prompt_tokens(self, task: Task, record: Record, labels: Sequence[str] | None = None):
-        """The full prompt of ``record`` as the model sees it (head + item), for baselines."""
-        spec, prep = self._task_prompt(task, labels)
-        item, _ = self._item_tokens(
-            prep.head, prep.suffix, prep.max_answer + 1, self._body(spec, record)
-        )
-        return prep.head + item
 
     def close(self) -> None:
         llm = getattr(self, "_llm", None)
@@ -367,7 +221,7 @@ class ChatState:
         """Probabilities of ``answers`` (restricted to ``allowed``) continuing here."""
         options = [a for a in answers if allowed is None or a in allowed]
         tokens, first_only = self.engine._answer_tokens(options)
-        logp = self.engine._continuations(_log_softmax(self.logits), tokens, first_only, self.pos)
+        logp = self.engine._continuations(log_softmax(self.logits), tokens, first_only, self.pos)
         probs = np.exp(logp - logp.max())
         probs /= probs.sum()
         return LabelResult({a: float(p) for a, p in zip(options, probs, strict=True)})
@@ -394,27 +248,6 @@ class ChatState:
         self._append(close)
         self.add(text)
         self._append(open_)
-
-
-def _has_prefix_pair(answers: list[list[int]]) -> bool:
-    for i, a in enumerate(answers):
-        for j, b in enumerate(answers):
-            if i != j and len(a) <= len(b) and b[: len(a)] == a:
-                return True
-    return False
-
-
-def _compile_template(source: str):
-    """Compile a GGUF chat template in a sandbox, as the HF chat-template convention does."""
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-
-    def raise_exception(message: str) -> None:
-        raise ModelError(f"chat template error: {message}")
-
-    env.globals["raise_exception"] = raise_exception
-    return env.from_string(source)
 
 
 def _check_gguf_file(ref: ModelRef) -> None:
