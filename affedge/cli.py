@@ -397,8 +397,10 @@ def negotiate(
 
 @app.command("eval")
 def eval_(
-    task: Annotated[str, typer.Option("--task", "-t", help="Task to evaluate.")],
-    dataset: Annotated[str, typer.Option("--dataset", "-d", help="Benchmark dataset.")],
+    task: Annotated[str | None, typer.Option("--task", "-t", help="Task to evaluate.")] = None,
+    dataset: Annotated[
+        str | None, typer.Option("--dataset", "-d", help="Benchmark dataset.")
+    ] = None,
     split: Annotated[str, typer.Option(help="train, validation or test.")] = "test",
     limit: Annotated[int | None, typer.Option(min=1, help="First N items only.")] = None,
     model: ModelOpt = None,
@@ -410,13 +412,34 @@ def eval_(
         Path | None, typer.Option("--output", "-o", help="Also write JSON here.")
     ] = None,
     quiet: QuietOpt = False,
+    all_: Annotated[
+        bool,
+        typer.Option(
+            "--all", help="Every task x dataset the model can do, with ECE and plots (--out)."
+        ),
+    ] = False,
+    out: Annotated[
+        Path | None, typer.Option(help="--all: folder for JSON, markdown and PNGs.")
+    ] = None,
 ) -> None:
-    """Evaluate a model on a benchmark; prints the metrics as JSON."""
+    """Evaluate a model on a benchmark (or --all of them); prints the metrics."""
     from affedge.datasets import load_dataset
     from affedge.engines import open_engine
     from affedge.evaluate import evaluate
     from affedge.io import atomic_write
 
+    if all_:
+        if task or dataset:
+            raise InputError("--all evaluates every benchmark: drop --task/--dataset")
+        from affedge.bench.eval_all import eval_all
+
+        log = (lambda m: None) if quiet else _stderr
+        result = eval_all(model, limit, out, data_dir, threads, split=split, log=log)
+        if out is None:
+            print(json.dumps(result, indent=2))
+        return
+    if task is None or dataset is None:
+        raise InputError("eval needs --task and --dataset, or --all")
     bench = get_benchmark(task, dataset)
     load_dataset(bench.dataset, split, root=data_dir, limit=1)  # fail fast on data problems
     with open_engine(model, threads=threads) as engine, _progress(0, quiet) as progress:
@@ -428,6 +451,67 @@ def eval_(
     if output is not None:
         atomic_write(output, lambda fh: fh.write(text + "\n"))
     print(text)
+
+
+@app.command("bench")
+def bench_cmd(
+    models: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated models (names or paths) [default: the default model]."),
+    ] = None,
+    threads: Annotated[str, typer.Option(help="Comma-separated thread counts.")] = "2",
+    input: Annotated[
+        Path | None, typer.Option("--input", help="Unlabelled input file instead of SST-2.")
+    ] = None,
+    n: Annotated[int, typer.Option("--n", min=1, help="Items per pass.")] = 200,
+    reps: Annotated[int, typer.Option(min=1, help="Repetitions (the median is quoted).")] = 3,
+    latency_n: Annotated[int, typer.Option(min=1, help="Items timed one at a time.")] = 30,
+    peers: Annotated[
+        str, typer.Option(help="Comma-separated: vader, textblob, transformers, generation.")
+    ] = "vader,textblob,transformers,generation",
+    task: Annotated[str, typer.Option("--task", "-t", help="Classification task.")] = "polarity",
+    dataset: Annotated[str, typer.Option("--dataset", "-d", help="Labelled inputs.")] = "sst2",
+    source: Annotated[
+        list[str] | None,
+        typer.Option(help="MODEL=FOLDER: torch source of an ONNX model (transformers peer)."),
+    ] = None,
+    data_dir: DataDirOpt = None,
+    out: Annotated[Path, typer.Option(help="Folder for bench.json/.md and the plot.")] = Path(
+        "bench-results"
+    ),
+) -> None:
+    """Speed, latency, cold start and memory of models against their peers, same inputs."""
+    from affedge.bench.harness import bench_markdown, bench_points, plot_quality_speed, run_bench
+    from affedge.bench.reporting import stamp, write_report
+    from affedge.models import default_model_name
+
+    try:
+        thread_list = [int(t) for t in threads.split(",") if t.strip()]
+    except ValueError:
+        raise InputError(f"--threads needs comma-separated integers: {threads!r}") from None
+    if not thread_list or min(thread_list) < 1:
+        raise InputError(f"--threads needs positive integers: {threads!r}")
+    sources = {}
+    for item in source or []:
+        key, sep, path = item.partition("=")
+        if not sep:
+            raise InputError(f"--source needs MODEL=FOLDER, got {item!r}")
+        sources[key] = Path(path)
+    if input is not None and not input.is_file():
+        raise InputError(f"{input}: no such input file")
+    get_benchmark(task, dataset) if input is None else get_task(task, "classify")
+    model_list = [m.strip() for m in (models or default_model_name()).split(",") if m.strip()]
+    report = run_bench(
+        model_list, thread_list, [p.strip() for p in peers.split(",") if p.strip()], n, reps,
+        latency_n, input, task, dataset, sources, data_dir,
+    )  # fmt: skip
+    report = {**stamp("bench", None), **report}
+    report["command"] = "affedge bench " + " ".join(sys.argv[2:])
+    plot = plot_quality_speed(
+        bench_points(report), out / "bench_quality_vs_speed.png", "accuracy vs items/s"
+    )
+    report["plot"] = plot.name
+    write_report(out / "bench", report, bench_markdown(report))
 
 
 @models_app.command("list")

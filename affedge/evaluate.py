@@ -10,7 +10,7 @@ from typing import Any
 
 from affedge.datasets import load_dataset
 from affedge.engines import Engine
-from affedge.metrics import SCORE_METRICS, label_metric
+from affedge.metrics import SCORE_METRICS, ece, label_metric
 from affedge.records import Record
 from affedge.tasks import TASKS, Benchmark
 
@@ -32,6 +32,8 @@ class EvalReport:
     limit: int | None = None
     note: str = ""
     confusion: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: Expected calibration error of the label probabilities (classification only).
+    ece: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -71,6 +73,7 @@ def evaluate(
     start = time.perf_counter()
     metrics: dict[str, float] = {}
     confusion: dict[str, dict[str, int]] = {}
+    calibration: float | None = None
     names = (bench.metric, *bench.extra_metrics)
     if task.kind == "score":
         preds: list[float] = []
@@ -83,8 +86,10 @@ def evaluate(
     else:
         labels = bench.label_set()
         pred_l: list[str] = []
+        confidence: list[float] = []
         for result in engine.classify(records, task, labels):
             pred_l.append(result.label)
+            confidence.append(max(result.probs.values()))
             if on_item:
                 on_item()
         gold_l = [str(rec.labels[bench.layer]) for rec in records]
@@ -92,6 +97,7 @@ def evaluate(
         confusion = {g: {p: 0 for p in labels} for g in labels}
         for g, p in zip(gold_l, pred_l, strict=True):
             confusion[g][p] += 1
+        calibration = ece(confidence, [g == p for g, p in zip(gold_l, pred_l, strict=True)])
     seconds = time.perf_counter() - start
     return EvalReport(
         task=bench.task,
@@ -107,4 +113,5 @@ def evaluate(
         limit=limit,
         note=bench.note,
         confusion=confusion,
+        ece=calibration,
     )

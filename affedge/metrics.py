@@ -97,6 +97,30 @@ def spearman(gold: Sequence[float], pred: Sequence[float]) -> float:
     return pearson(_ranks(np.asarray(gold, float)), _ranks(np.asarray(pred, float)))
 
 
+def ece(confidences: Sequence[float], correct: Sequence[bool], bins: int = 15) -> float:
+    """Expected calibration error of a classifier's top-label confidence.
+
+    Items fall into ``bins`` equal-width bins of ``[0, 1]`` by the probability of their
+    predicted label (bin ``i`` holds ``(i/bins, (i+1)/bins]``; a confidence of exactly 0 goes
+    to the first bin); ECE is the item-weighted mean over bins of ``|accuracy - mean
+    confidence|`` (Guo et al. 2017, 15 bins). 0 is perfectly calibrated; a model that is always
+    certain and right half of the time has ECE 0.5.
+    """
+    conf = np.asarray(confidences, dtype=float)
+    hit = np.asarray(correct, dtype=float)
+    if conf.shape != hit.shape:
+        raise ValueError("confidences and correct differ in length")
+    if conf.size == 0:
+        return 0.0
+    index = np.clip(np.ceil(conf * bins).astype(int) - 1, 0, bins - 1)
+    total = 0.0
+    for b in range(bins):
+        in_bin = index == b
+        if in_bin.any():
+            total += in_bin.sum() * abs(hit[in_bin].mean() - conf[in_bin].mean())
+    return float(total / conf.size)
+
+
 LABEL_METRICS: dict[str, Callable[[Sequence[str], Sequence[str], Sequence[str]], float]] = {
     "accuracy": accuracy,
     "macro_f1": macro_f1,

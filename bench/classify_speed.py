@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from affedge.bench.peers import parse_answer
 from affedge.bench.reporting import stamp, write_report
 from affedge.datasets import load_dataset
 from affedge.engines.gguf import GGUFEngine
@@ -33,18 +34,6 @@ from affedge.records import Record
 from affedge.tasks import get_benchmark, get_task
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def _parse_answer(text: str, labels: Sequence[str]) -> str:
-    """The label a generated answer names (the first label found), or ``<unparsed>``."""
-    answer = text.strip().lower()
-    for label in sorted(labels, key=len, reverse=True):
-        if answer.startswith(label):
-            return label
-    for label in labels:
-        if label in answer:
-            return label
-    return "<unparsed>"
 
 
 def _timed(run: Callable[[], list[str]], reps: int) -> tuple[list[str], list[float]]:
@@ -103,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 completion = llm.create_completion(
                     prompt, max_tokens=args.max_tokens, temperature=0.0
                 )
-                out.append(_parse_answer(completion["choices"][0]["text"], labels))
+                out.append(parse_answer(completion["choices"][0]["text"], labels))
             return out
 
         return run

@@ -1,0 +1,403 @@
+"""The systems a benchmark compares: affedge's engines and the peers users would pick instead.
+
+Every system is an :class:`~affedge.engines.Engine`, so :func:`affedge.evaluate.evaluate` and
+the speed harness treat affedge and its peers alike. A system is named by a *spec*:
+
+* ``affedge:MODEL`` - affedge's own engine for MODEL (built-in name or path);
+* ``vader``, ``textblob`` - the lexicon tools (sentiment and polarity only);
+* ``transformers:MODEL`` - transformers/torch fp32 inference of MODEL's weights: a GGUF file
+  is dequantized by :func:`affedge.train.hf_base.load_causal_lm`; an ONNX encoder uses its
+  torch source folder (``source``);
+* ``generation:MODEL`` - llama-cpp-python ``create_completion`` on the same GGUF and the same
+  prompt tokens, greedy, the answer text matched to a label.
+
+Only the transformers peer imports torch; nothing here is imported by the runtime.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from affedge.engines import Engine, LabelResult, ScoreResult, open_engine
+from affedge.errors import AffedgeError, ModelError
+from affedge.models import ModelRef, resolve_model
+from affedge.records import Record
+from affedge.tasks import HEADS, Task
+
+REPO = Path(__file__).resolve().parent.parent
+
+#: Torch source folders of built-in ONNX models, used when no ``--source`` is given
+#: (runs/ is not shipped: the peer is skipped where the folder is missing).
+KNOWN_SOURCES: dict[str, Path] = {"minilm-affect-int8": REPO / "runs" / "encoder-main"}
+
+PEERS = ("vader", "textblob", "transformers", "generation")
+LEXICON_LABELS = ("positive", "negative", "neutral")
+UNPARSED = "<unparsed>"
+
+
+def parse_answer(text: str, labels: Sequence[str]) -> str:
+    """The label a generated answer names (the first label found), or ``<unparsed>``."""
+    answer = text.strip().lower()
+    for label in sorted(labels, key=len, reverse=True):
+        if answer.startswith(label):
+            return label
+    for label in labels:
+        if label in answer:
+            return label
+    return UNPARSED
+
+
+def _one_hot(label: str, labels: Sequence[str]) -> LabelResult:
+    """A hard decision as probabilities (an unparsed answer gets a uniform distribution)."""
+    if label not in labels:
+        return LabelResult({lab: 1.0 / len(labels) for lab in labels})
+    return LabelResult({lab: float(lab == label) for lab in labels})
+
+
+class _NoScores(Engine):
+    """Peers that only classify."""
+
+    #: Whether ``classify`` returns real probabilities (ECE is meaningless otherwise).
+    probabilistic = False
+
+    def score(self, records: Iterable[Record], task: Task) -> Iterator[ScoreResult]:
+        raise ModelError(f"{self.name} cannot score intensities")
+
+    def generate(
+        self, messages: Sequence[dict[str, str]], max_tokens: int = 32, stop: Sequence[str] = ()
+    ) -> str:
+        raise ModelError(f"{self.name} cannot generate text")
+
+
+class LexiconEngine(_NoScores):
+    """VADER or TextBlob polarity, thresholded into the task's sentiment labels.
+
+    VADER: compound >= 0.05 positive, <= -0.05 negative, else neutral (its authors'
+    thresholds). TextBlob: polarity > 0 positive, < 0 negative, 0 neutral. Without a neutral
+    label (SST-2) the sign decides, 0 counting as positive.
+    """
+
+    def __init__(self, kind: str) -> None:
+        self.name = kind
+        if kind == "vader":
+            from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+            analyzer = SentimentIntensityAnalyzer()
+            self._polarity = lambda text: analyzer.polarity_scores(text)["compound"]
+            self._band = 0.05
+        elif kind == "textblob":
+            from textblob import TextBlob
+
+            self._polarity = lambda text: TextBlob(text).sentiment.polarity
+            self._band = 0.0
+        else:
+            raise ModelError(f"unknown lexicon peer {kind!r}")
+
+    def classify(
+        self, records: Iterable[Record], task: Task, labels: Sequence[str] | None = None
+    ) -> Iterator[LabelResult]:
+        names = tuple(labels or task.labels)
+        if task.name not in ("sentiment", "polarity") or not set(names) <= set(LEXICON_LABELS):
+            raise ModelError(f"{self.name} only labels sentiment polarity, not {task.name}")
+        neutral = "neutral" in names
+        for record in records:
+            value = self._polarity(record.text)
+            if neutral and abs(value) <= self._band:
+                label = "neutral"
+            else:
+                label = "positive" if value >= 0 else "negative"
+            yield _one_hot(label, names)
+
+
+class GenerationEngine(_NoScores):
+    """Generation-based classification on llama-cpp-python: the engine's own prompt tokens,
+    ``create_completion`` (greedy, ``max_tokens``), the answer matched to a label.
+
+    llama-cpp-python keeps the longest common prompt prefix between calls, so this baseline
+    reuses the instruction head's KV cache just as affedge's label scoring does.
+    """
+
+    def __init__(self, ref: ModelRef, threads: int | None, max_tokens: int = 4) -> None:
+        from affedge.engines.gguf import GGUFEngine
+
+        self._engine = GGUFEngine(ref, threads=threads)
+        self.name = f"generation:{ref.name}"
+        self.max_tokens = max_tokens
+        self.generated_tokens = 0
+
+    def classify(
+        self, records: Iterable[Record], task: Task, labels: Sequence[str] | None = None
+    ) -> Iterator[LabelResult]:
+        names = tuple(labels or task.labels)
+        llm = self._engine._llm
+        for record in records:
+            prompt = self._engine.prompt_tokens(task, record, labels)
+            out = llm.create_completion(prompt, max_tokens=self.max_tokens, temperature=0.0)
+            self.generated_tokens += int(out["usage"]["completion_tokens"])  # type: ignore[index]
+            yield _one_hot(parse_answer(out["choices"][0]["text"], names), names)  # type: ignore[index]
+
+    def close(self) -> None:
+        self._engine.close()
+
+
+class TorchCausalEngine(_NoScores):
+    """Label-logit classification with transformers fp32 weights of a decoder, on the exact
+    prompt token ids of affedge's decoder engine (tokenized once by that engine, which is
+    then closed), scored by the same rule: ``log p(answer tokens | prompt)``.
+
+    Batched with left padding; each item is a full forward pass over its whole prompt (no
+    prefix KV cache: how transformers is used for classification).
+    """
+
+    probabilistic = True
+
+    def __init__(
+        self, ref: ModelRef, threads: int | None, weights: Path | None = None, batch_size: int = 16
+    ) -> None:
+        import torch
+
+        from affedge.train.hf_base import load_causal_lm
+
+        if threads:
+            torch.set_num_threads(threads)
+        self._torch = torch
+        self._tokenizer_engine = open_engine(ref, threads=1)
+        self._model, _ = load_causal_lm(weights or ref.path)
+        self._model.eval()
+        self.name = f"transformers:{ref.name}"
+        self.batch_size = batch_size
+        config = self._model.config
+        self.pad_id = config.pad_token_id if config.pad_token_id is not None else 0
+
+    def prompts(self, records: Sequence[Record], task: Task, labels: Sequence[str] | None):
+        """Prompt ids of ``records`` and the tokenized answers, from affedge's engine."""
+        eng = self._tokenizer_engine
+        prep = eng.answer_tokens(task, labels) if hasattr(eng, "answer_tokens") else None
+        if prep is None:
+            prep = eng._task_prompt(task, labels)[1]  # type: ignore[attr-defined]
+        return [eng.prompt_tokens(task, r, labels) for r in records], prep  # type: ignore[attr-defined]
+
+    def _last_logprobs(self, batch: list[list[int]]) -> np.ndarray:
+        torch = self._torch
+        width = max(len(p) for p in batch)
+        ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for i, p in enumerate(batch):
+            ids[i, width - len(p) :] = torch.tensor(p)
+            mask[i, width - len(p) :] = 1
+        position = (mask.cumsum(-1) - 1).clamp(min=0)
+        with torch.no_grad():
+            out = self._model(
+                input_ids=ids, attention_mask=mask, position_ids=position, logits_to_keep=1
+            )
+        return torch.log_softmax(out.logits[:, -1].double(), dim=-1).numpy()
+
+    def _continuation(self, prompt: list[int], answer: list[int]) -> float:
+        """log p(answer | prompt) by one teacher-forced pass (multi-token answers only)."""
+        torch = self._torch
+        ids = torch.tensor([prompt + answer[:-1]])
+        with torch.no_grad():
+            logits = self._model(input_ids=ids, logits_to_keep=len(answer)).logits[0]
+        logp = torch.log_softmax(logits.double(), dim=-1)
+        return float(sum(logp[j, tok] for j, tok in enumerate(answer)))
+
+    def classify(
+        self, records: Iterable[Record], task: Task, labels: Sequence[str] | None = None
+    ) -> Iterator[LabelResult]:
+        names = tuple(labels or task.labels)
+        items = list(records)
+        for start in range(0, len(items), self.batch_size):
+            prompts, prep = self.prompts(items[start : start + self.batch_size], task, labels)
+            if prep.first_only:
+                first = self._last_logprobs(prompts)
+                scores = first[:, [a[0] for a in prep.answers]]
+            else:
+                scores = np.array(
+                    [[self._continuation(p, a) for a in prep.answers] for p in prompts]
+                )
+            probs = np.exp(scores - scores.max(axis=1, keepdims=True))
+            probs /= probs.sum(axis=1, keepdims=True)
+            for row in probs:
+                yield LabelResult({n: float(p) for n, p in zip(names, row, strict=True)})
+
+    def close(self) -> None:
+        self._tokenizer_engine.close()
+
+
+def _torch_encoder(ref: ModelRef, source: Path, threads: int | None) -> Engine:
+    """The ONNX encoder engine's head logic on the torch source model (same weights, fp32)."""
+    import torch
+
+    from affedge.encoding import EncoderTokenizer
+    from affedge.engines.onnx import ONNXEncoderEngine
+    from affedge.train.encoder import load_trained
+
+    if threads:
+        torch.set_num_threads(threads)
+    model, manifest = load_trained(source)
+    model.eval()
+
+    class TorchEncoderEngine(ONNXEncoderEngine):
+        probabilistic = True
+
+        def __init__(self) -> None:  # no onnxruntime session: only the head logic is reused
+            self.name = f"transformers:{ref.name}"
+            self.path = source
+            self.manifest = manifest
+            self.batch_size = 32
+            self.context_turns = int(manifest["context_turns"])
+            self.heads = manifest["heads"]
+            self._tokenizer = EncoderTokenizer(source / "tokenizer.json", manifest["max_length"])
+            self._outputs = list(self.heads)
+
+        def _batches(self, records):
+            from itertools import islice
+
+            it = iter(records)
+            while batch := list(islice(it, self.batch_size)):
+                inputs, truncated = self._tokenizer.encode(batch, self.context_turns)
+                with torch.no_grad():
+                    outs = model(**{k: torch.from_numpy(v) for k, v in inputs.items()})
+                yield truncated, {h: o.numpy() for h, o in zip(HEADS, outs, strict=True)}
+
+    return TorchEncoderEngine()
+
+
+def torch_source(ref: ModelRef, sources: dict[str, Path] | None = None) -> Path | None:
+    """The torch folder holding the same weights as ONNX model ``ref``, if known."""
+    sources = sources or {}
+    for key in (ref.name, str(ref.path)):
+        if key in sources:
+            return Path(sources[key])
+    folder = ref.path if ref.path.is_dir() else ref.path.parent
+    manifest = folder / "affedge.json"
+    if manifest.is_file():
+        recorded = json.loads(manifest.read_text()).get("source")
+        if recorded and (Path(recorded) / "affedge.json").is_file():
+            return Path(recorded)
+    known = KNOWN_SOURCES.get(ref.name)
+    return known if known is not None and known.is_dir() else None
+
+
+def open_system(
+    spec: str, threads: int | None = None, sources: dict[str, Path] | None = None
+) -> Engine:
+    """Load the system named by ``spec`` (see the module docstring)."""
+    kind, _, model = spec.partition(":")
+    if kind in ("vader", "textblob") and not model:
+        return LexiconEngine(kind)
+    if not model:
+        raise AffedgeError(f"system {spec!r} needs a model: {kind}:MODEL")
+    ref = resolve_model(model)
+    if kind == "affedge":
+        return open_engine(ref, threads=threads)
+    if kind == "generation":
+        if ref.format != "gguf":
+            raise ModelError(f"{spec}: generation peer needs a GGUF model")
+        return GenerationEngine(ref, threads)
+    if kind == "transformers":
+        if ref.format == "gguf":
+            return TorchCausalEngine(ref, threads)
+        source = torch_source(ref, sources)
+        if source is None:
+            raise ModelError(f"{spec}: no torch source folder known: pass --source NAME=PATH")
+        if (source / "affedge.json").is_file() and "heads" in json.loads(
+            (source / "affedge.json").read_text()
+        ):
+            return _torch_encoder(ref, source, threads)
+        return TorchCausalEngine(ref, threads, weights=source)
+    raise AffedgeError(f"unknown system {spec!r}: affedge:M, vader, textblob, transformers:M, ...")
+
+
+def peer_specs(model: str, fmt: str, peers: Sequence[str], has_source: bool) -> list[str]:
+    """The peer systems of ``model`` (format ``fmt``) among ``peers`` that apply to it."""
+    out = []
+    for peer in peers:
+        if peer in ("vader", "textblob"):
+            continue  # model-independent: benchmarked once per run
+        if peer == "generation" and fmt != "gguf":
+            continue
+        if peer == "transformers" and fmt != "gguf" and not has_source:
+            continue
+        out.append(f"{peer}:{model}")
+    return out
+
+
+# ------------------------------------------------------------ forward-pass accounting
+
+
+def forward_tokens(engine: Engine, records: Sequence[Record], task: Task) -> int | None:
+    """Tokens one pass of ``engine`` over ``records`` runs through the model.
+
+    Encoders: the real (unpadded) tokens of each item. affedge decoders: the item's own
+    tokens after the cached instruction head. transformers decoders: the whole prompt (no
+    head cache). Generation: the item's tokens plus the generated ones (counted while it
+    runs). Lexicon peers: None (no model tokens).
+    """
+    if isinstance(engine, LexiconEngine):
+        return None
+    if isinstance(engine, GenerationEngine):
+        inner = engine._engine
+        head = len(inner.answer_tokens(task).head)
+        return sum(len(inner.prompt_tokens(task, r)) - head for r in records)
+    if isinstance(engine, TorchCausalEngine):
+        prompts, _ = engine.prompts(records, task, None)
+        return sum(len(p) for p in prompts)
+    tokenizer = getattr(engine, "_tokenizer", None)
+    if tokenizer is not None and hasattr(engine, "heads"):  # multi-task encoder, ONNX or torch
+        total = 0
+        for start in range(0, len(records), 64):
+            inputs, _ = tokenizer.encode(records[start : start + 64], engine.context_turns)
+            total += int(inputs["attention_mask"].sum())
+        return total
+    if hasattr(engine, "prompt_tokens") and hasattr(engine, "answer_tokens"):
+        head = len(engine.answer_tokens(task).head)
+        return sum(len(engine.prompt_tokens(task, r)) - head for r in records)
+    return None
+
+
+def _encoder_config_params(folder: Path, manifest: dict[str, Any]) -> int | None:
+    """Matmul weights of a BERT-style encoder from its config: L x (4 d^2 + 2 d ff)."""
+    for candidate in (folder / "config.json", Path(str(manifest.get("base", ""))) / "config.json"):
+        if candidate.is_file():
+            cfg = json.loads(candidate.read_text())
+            d, ff, layers = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"]
+            return int(layers * (4 * d * d + 2 * d * ff))
+    return None
+
+
+def forward_params(engine: Engine) -> int | None:
+    """Parameters a token passes through in the forward pass (for 2 x params x tokens FLOPs).
+
+    Embedding tables are left out (a lookup, no multiply-adds), and so is a decoder's output
+    projection (llama.cpp and our transformers peer compute it for the last position only).
+    GGUF: llama.cpp's parameter count minus the token-embedding table. transformers decoders:
+    every parameter outside ``embed_tokens`` and ``lm_head``. Encoders: the matmul weights of
+    the transformer layers from the model config, L x (4 d^2 + 2 d ff). Lexicons: None.
+    """
+    if isinstance(engine, LexiconEngine):
+        return None
+    inner = engine._engine if isinstance(engine, GenerationEngine) else engine
+    llm = getattr(inner, "_llm", None)
+    if llm is not None:
+        import llama_cpp
+
+        total = int(llama_cpp.llama_model_n_params(llm.model))
+        return total - llm.n_vocab() * llm.n_embd()
+    if isinstance(engine, TorchCausalEngine):
+        return sum(
+            p.numel()
+            for name, p in engine._model.named_parameters()
+            if "embed_tokens" not in name and "lm_head" not in name
+        )
+    manifest = getattr(engine, "manifest", None)
+    if isinstance(manifest, dict) and "heads" in manifest:
+        return _encoder_config_params(Path(engine.path).parent, manifest) or (
+            _encoder_config_params(Path(engine.path), manifest)
+        )
+    return None
