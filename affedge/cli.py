@@ -673,21 +673,217 @@ def train_encoder_cmd(
     print(json.dumps({"out": str(out), "validation": manifest["validation"]}, indent=2))
 
 
+# Options shared by `train progressive` and `train multitask` (decoder LLMs, LoRA/QLoRA).
+LLMBaseOpt = Annotated[
+    str,
+    typer.Option(help="Base LLM: HF folder, GGUF file or built-in name [default: SmolLM2]."),
+]
+QuantOpt = Annotated[
+    str | None, typer.Option(help="nf4 (QLoRA) or none (LoRA) [default: nf4 on CUDA, else none].")
+]
+LimitOpt = Annotated[
+    int | None, typer.Option(min=1, help="Training examples per dataset (seeded sample).")
+]
+StepsOpt = Annotated[
+    int | None, typer.Option(min=1, help="Optimizer steps per stage [default: --epochs].")
+]
+EpochsOpt = Annotated[float | None, typer.Option(min=0.01, help="Passes over the data [1].")]
+RequireGpuOpt = Annotated[
+    bool, typer.Option("--require-gpu", help="Fail unless a CUDA GPU is visible.")
+]
+ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue an interrupted run.")]
+DataMapOpt = Annotated[
+    list[str] | None,
+    typer.Option("--data", help="KEY=DATASET[,DATASET...] (repeatable), e.g. sa=sst2,meld."),
+]
+
+
+def _llm_common(**kw: Any) -> dict[str, Any]:
+    return {
+        "base": kw["base"],
+        "quant": kw["quant"],
+        "rank": kw["rank"],
+        "alpha": kw["alpha"],
+        "steps": kw["steps"],
+        "epochs": kw["epochs"],
+        "batch_size": kw["batch_size"],
+        "grad_accum": kw["grad_accum"],
+        "max_length": kw["max_length"],
+        "limit": kw["limit"],
+        "eval_limit": kw["eval_limit"],
+        "save_every": kw["save_every"],
+        "seed": kw["seed"],
+        "threads": kw["threads"],
+        "require_gpu": kw["require_gpu"],
+        "data_dir": str(kw["data_dir"]) if kw["data_dir"] else None,
+    }
+
+
+def _split_list(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+@train_app.command("progressive")
+def train_progressive_cmd(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Model folder to write.")],
+    base: LLMBaseOpt = "smollm2-135m-instruct",
+    stages: Annotated[str, typer.Option(help="Comma-separated stages in order.")] = "sa,erc,sd",
+    data: DataMapOpt = None,
+    lr: Annotated[
+        str | None, typer.Option(help="One LR for all stages, or sa=8e-5,erc=2e-4,sd=1e-4.")
+    ] = None,
+    quant: QuantOpt = None,
+    rank: Annotated[int, typer.Option(min=1)] = 16,
+    alpha: Annotated[int, typer.Option(min=1)] = 32,
+    steps: StepsOpt = None,
+    epochs: EpochsOpt = None,
+    batch_size: Annotated[int, typer.Option(min=1)] = 8,
+    grad_accum: Annotated[int, typer.Option(min=1)] = 1,
+    max_length: Annotated[int, typer.Option(min=32)] = 256,
+    limit: LimitOpt = None,
+    eval_limit: Annotated[int, typer.Option(min=1, help="Validation items per dataset.")] = 200,
+    save_every: Annotated[int, typer.Option(min=1, help="Checkpoint every N steps.")] = 50,
+    seed: int = 13,
+    resume: ResumeOpt = False,
+    require_gpu: RequireGpuOpt = False,
+    data_dir: DataDirOpt = None,
+    threads: ThreadsOpt = None,
+) -> None:
+    """Progressive chain-of-LoRA tuning of a decoder LLM: SA -> ERC -> SD (GSA)."""
+    _require("torch", "train")
+    from affedge.train.progressive import ProgressiveConfig, parse_stage_map, train_progressive
+
+    lrs: dict[str, float] = {}
+    if lr and "=" in lr:
+        lrs = parse_stage_map(lr.replace(",", " "), float)
+    elif lr:
+        lrs = {s: float(lr) for s in _split_list(stages)}
+    cfg = ProgressiveConfig(
+        **_llm_common(**locals()),
+        stages=_split_list(stages),
+        data=parse_stage_map(" ".join(data or []), _split_list),
+        lr=lrs,
+    )
+    manifest = train_progressive(cfg, out, resume=resume, log=_stderr)
+    summary = {"out": str(out), "validation": manifest["validation"]}
+    print(json.dumps({**summary, "forgetting": manifest["forgetting"]}, indent=2))
+
+
+@train_app.command("multitask")
+def train_multitask_cmd(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Model folder to write.")],
+    base: LLMBaseOpt = "smollm2-135m-instruct",
+    tasks: Annotated[
+        str, typer.Option(help="Comma-separated registry tasks.")
+    ] = "sentiment,emotion,valence,anger,fear,joy,sadness,implicit",
+    data: DataMapOpt = None,
+    lr: float = 2e-4,
+    tawl: Annotated[bool, typer.Option("--tawl/--no-tawl", help="Task-level AWL.")] = True,
+    dawl: Annotated[bool, typer.Option("--dawl/--no-dawl", help="Data-level AWL.")] = True,
+    focal_gamma: Annotated[float, typer.Option(min=0.0, help="0 turns focal loss off.")] = 0.0,
+    aux: Annotated[
+        bool, typer.Option("--aux/--no-aux", help="LLM-generated aspect/opinion tasks.")
+    ] = True,
+    aux_model: Annotated[
+        str | None, typer.Option(help="GGUF teacher for the auxiliary targets [SmolLM2].")
+    ] = None,
+    quant: QuantOpt = None,
+    rank: Annotated[int, typer.Option(min=1)] = 16,
+    alpha: Annotated[int, typer.Option(min=1)] = 32,
+    steps: StepsOpt = None,
+    epochs: EpochsOpt = None,
+    batch_size: Annotated[int, typer.Option(min=1)] = 8,
+    grad_accum: Annotated[int, typer.Option(min=1)] = 1,
+    max_length: Annotated[int, typer.Option(min=32)] = 256,
+    limit: LimitOpt = None,
+    eval_limit: Annotated[int, typer.Option(min=1, help="Validation items per dataset.")] = 200,
+    save_every: Annotated[int, typer.Option(min=1, help="Checkpoint every N steps.")] = 50,
+    seed: int = 13,
+    resume: ResumeOpt = False,
+    require_gpu: RequireGpuOpt = False,
+    data_dir: DataDirOpt = None,
+    threads: ThreadsOpt = None,
+) -> None:
+    """Multi-task instruction tuning: classification + intensity (+ MT-ISA auxiliaries)."""
+    _require("torch", "train")
+    from affedge.train.multitask import MultitaskConfig, train_multitask
+    from affedge.train.progressive import parse_stage_map
+
+    cfg = MultitaskConfig(
+        **_llm_common(**locals()),
+        tasks=_split_list(tasks),
+        data=parse_stage_map(" ".join(data or []), _split_list),
+        lr=lr,
+        tawl=tawl,
+        dawl=dawl,
+        focal_gamma=focal_gamma,
+        aux=aux,
+        aux_model=aux_model,
+    )
+    manifest = train_multitask(cfg, out, resume=resume, log=_stderr)
+    print(json.dumps({"out": str(out), "validation": manifest["validation"]}, indent=2))
+
+
 @export_app.command("onnx")
 def export_onnx_cmd(
-    model_dir: Annotated[Path, typer.Argument(help="Trained model folder (affedge.json).")],
+    model_dir: Annotated[
+        Path, typer.Argument(help="Trained encoder folder, or a decoder HF folder / GGUF file.")
+    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the artifacts.")],
     quant: Annotated[str, typer.Option(help="Comma-separated: fp32, int8.")] = "int8",
     sample: Annotated[int, typer.Option(min=10, help="Validation items to verify on.")] = 500,
     data_dir: DataDirOpt = None,
     threads: Annotated[int, typer.Option(min=1)] = 2,
 ) -> None:
-    """Export a multi-task encoder to ONNX, quantize, and verify against the source model."""
+    """Export to ONNX, quantize, and verify against the source model.
+
+    Multi-task encoders export with their heads; decoder LLMs export the single forward pass
+    label scoring needs (no KV cache). Each artifact lands in OUT/<type>/ only if it passes."""
     _require("torch", "export")
-    from affedge.export.onnx_encoder import export_onnx
+    quants = [q.strip() for q in quant.split(",") if q.strip()]
+    if _is_encoder(model_dir):
+        from affedge.export.onnx_encoder import export_onnx
+
+        reports = export_onnx(model_dir, out, quants, sample, data_dir, threads)
+    else:
+        from affedge.export.onnx_decoder import export_onnx_decoder
+
+        reports = export_onnx_decoder(model_dir, out, quants, sample, data_dir, threads, _stderr)
+    print(json.dumps(reports, indent=2))
+
+
+def _is_encoder(model_dir: Path) -> bool:
+    manifest = model_dir / "affedge.json"
+    if not manifest.is_file():
+        return False
+    try:
+        kind = json.loads(manifest.read_text(encoding="utf-8")).get("kind")
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return False
+    return kind == "affedge-encoder-multitask"
+
+
+@export_app.command("gguf")
+def export_gguf_cmd(
+    model_dir: Annotated[Path, typer.Argument(help="HF model folder (or a GGUF file).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the artifacts.")],
+    quant: Annotated[
+        str, typer.Option(help="Comma-separated: f32, f16, q8_0, q6_k, q5_k_m, q4_k_m, q4_0...")
+    ] = "q8_0,q4_k_m",
+    sample: Annotated[int, typer.Option(min=10, help="Validation items to verify on.")] = 500,
+    data_dir: DataDirOpt = None,
+    threads: Annotated[int, typer.Option(min=1)] = 2,
+) -> None:
+    """Write GGUF (llama, mistral, qwen2), quantize with llama.cpp, verify each artifact.
+
+    Each artifact lands in OUT/<quant>/ (model + affedge.json with the verification report)
+    only if its label agreement with the source model reaches the floor for its type."""
+    _require("torch", "export")
+    _require("gguf", "export")
+    from affedge.export.gguf_export import export_gguf
 
     quants = [q.strip() for q in quant.split(",") if q.strip()]
-    reports = export_onnx(model_dir, out, quants, sample, data_dir, threads)
+    reports = export_gguf(model_dir, out, quants, sample, data_dir, threads, _stderr)
     print(json.dumps(reports, indent=2))
 
 

@@ -15,6 +15,13 @@ def open_engine(model: str | ModelRef | None = None, threads: int | None = None)
 
         return GGUFEngine(ref, threads=threads)
     if ref.format == "onnx":
+        from affedge.engines.onnx_decoder import DECODER_KIND, read_manifest
+
+        folder = ref.path if ref.path.is_dir() else ref.path.parent
+        if read_manifest(folder).get("kind") == DECODER_KIND:
+            from affedge.engines.onnx_decoder import ONNXDecoderEngine
+
+            return ONNXDecoderEngine(ref, threads=threads)
         from affedge.engines.onnx import ONNXEncoderEngine
 
         return ONNXEncoderEngine(ref, threads=threads)

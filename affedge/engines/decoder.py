@@ -102,6 +102,10 @@ class DecoderEngine(Engine):
         """Token ids of ``text`` (no BOS); ``special`` parses special-token strings."""
 
     @abstractmethod
+    def next_token_logits(self, ids: Sequence[int]) -> np.ndarray:
+        """Raw next-token logits after the token sequence ``ids`` (export verification)."""
+
+    @abstractmethod
     def _answer_logprobs(self, prep: Prepared, body_text: str) -> tuple[np.ndarray, bool]:
         """log p(answer | prompt) for every answer of ``prep``, and whether the item was cut."""
 

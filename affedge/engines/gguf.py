@@ -121,6 +121,11 @@ class GGUFEngine(DecoderEngine):
         self._decode(head, 0, all_logits=False)
         self._cached_head = head
 
+    def next_token_logits(self, ids: Sequence[int]) -> np.ndarray:
+        self._llm._ctx.kv_cache_clear()
+        self._cached_head = None
+        return self._decode(list(ids), 0, all_logits=False)[-1]
+
     def _answer_logprobs(self, prep: Prepared, body_text: str) -> tuple[np.ndarray, bool]:
         """log p(answer | prompt) for every answer of ``prep`` (one row per answer)."""
         self._ensure_head(prep.head)
