@@ -23,7 +23,7 @@ from affedge.tasks import BENCHMARKS, Benchmark
 
 def slug(name: str) -> str:
     """A file-name-safe version of a model or benchmark name."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "model"
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", name).strip("_") or "model"
 
 
 def _run(engine: Any, bench: Benchmark, split: str, limit: int | None, data_dir: Path | None):
