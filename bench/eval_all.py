@@ -63,7 +63,11 @@ def eval_all(
                 continue
             rows.append({"system": ref.name, **report.to_dict()})
     for peer in peers:
-        system = open_system(peer)
+        try:
+            system = open_system(peer)
+        except ImportError as exc:  # the bench extra is not installed
+            skipped.append({"system": peer, "benchmark": "*", "reason": f"not installed ({exc})"})
+            continue
         for bench in BENCHMARKS:
             if bench.task not in ("sentiment", "polarity"):
                 continue
