@@ -1,0 +1,454 @@
+"""LoRA / QLoRA on decoder LLMs: setup, a resumable training loop, merging, saving.
+
+* LoRA (peft) on the attention projections q/k/v/o, as GSA and LoRA do.
+* QLoRA: the base linears in 4-bit NF4 with double quantization (bitsandbytes), bf16 compute
+  on CUDA (fp32 on the CPU, where bitsandbytes also runs, slowly), peft's
+  ``prepare_model_for_kbit_training``, paged 8-bit AdamW on CUDA.
+* Merging never writes into 4-bit weights: the base is reloaded in full precision, every NF4
+  linear is replaced by its dequantised weight (exactly the weight the adapter was trained
+  against), the adapter is attached again and peft's ``merge_and_unload`` folds it in. Plain
+  LoRA merges in place (fp32 on the CPU).
+* The loop checkpoints the trainable weights, the optimizer, the RNG states and the step
+  every ``save_every`` steps; the data order is a function of (seed, step), so ``--resume``
+  continues exactly where the checkpoint left off (same final adapter as an uninterrupted run).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from affedge.errors import AffedgeError, ModelError
+from affedge.train.hf_base import hf_folder, load_causal_lm
+from affedge.train.sft_data import IGNORE, SFTExample, collate
+
+ATTENTION_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
+QUANTS = ("nf4", "none")
+
+
+class Interrupted(AffedgeError):
+    """Training stopped on request after a checkpoint (``stop_after``); resume with --resume."""
+
+
+# ------------------------------------------------------------------ device and base
+
+
+def pick_device(require_gpu: bool = False) -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda", 0)
+    if require_gpu:
+        raise AffedgeError("--require-gpu given but no CUDA GPU is visible to torch")
+    return torch.device("cpu")
+
+
+def resolve_quant(quant: str | None, device: torch.device) -> str:
+    """``nf4`` or ``none``; the default is NF4 on CUDA and plain LoRA on the CPU."""
+    if quant is None:
+        quant = "nf4" if device.type == "cuda" else "none"
+    if quant not in QUANTS:
+        raise AffedgeError(f"unknown --quant {quant!r}: choose one of {', '.join(QUANTS)}")
+    if quant == "nf4":
+        import importlib.util
+
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise AffedgeError("--quant nf4 needs bitsandbytes: pip install 'affedge[train]'")
+    return quant
+
+
+def compute_dtype(device: torch.device) -> torch.dtype:
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def load_base(path: Path, quant: str, device: torch.device) -> tuple[Any, Any]:
+    """(model ready for adapters, tokenizer) from a HF folder or GGUF file."""
+    folder = hf_folder(path)
+    if quant == "nf4":
+        from peft import prepare_model_for_kbit_training
+
+        device_map = {"": device.index or 0} if device.type == "cuda" else None
+        model, tok = load_causal_lm(
+            folder, quantize_4bit=True, compute_dtype=compute_dtype(device), device_map=device_map
+        )
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=device.type == "cuda"
+        )
+    else:
+        model, tok = load_causal_lm(folder)
+        model.to(device=device, dtype=compute_dtype(device))
+    model.config.use_cache = False
+    return model, tok
+
+
+def load_fp(path: Path, device: torch.device) -> Any:
+    """The model at ``path`` in full precision (fp32 on CPU, bf16 on CUDA), for merging."""
+    model, _ = load_causal_lm(hf_folder(path))
+    return model.to(device=device, dtype=compute_dtype(device))
+
+
+# ------------------------------------------------------------------ adapters
+
+
+@dataclass
+class LoraSettings:
+    rank: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    targets: tuple[str, ...] = ATTENTION_PROJECTIONS
+
+
+def add_lora(model: Any, settings: LoraSettings, seed: int) -> Any:
+    """A fresh LoRA (A Gaussian/Kaiming, B zero, so the delta starts at 0) on ``model``."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=settings.rank,
+        lora_alpha=settings.alpha,
+        lora_dropout=settings.dropout,
+        target_modules=list(settings.targets),
+        task_type="CAUSAL_LM",
+    )
+    torch.manual_seed(seed)
+    return get_peft_model(model, config)
+
+
+def adapter_state(peft_model: Any) -> dict[str, torch.Tensor]:
+    from peft import get_peft_model_state_dict
+
+    return {k: v.detach().cpu().clone() for k, v in get_peft_model_state_dict(peft_model).items()}
+
+
+def load_adapter_state(peft_model: Any, state: dict[str, torch.Tensor]) -> None:
+    from peft import set_peft_model_state_dict
+
+    result = set_peft_model_state_dict(peft_model, state)
+    unexpected = getattr(result, "unexpected_keys", [])
+    if unexpected:
+        raise ModelError(f"adapter does not fit this model: unexpected keys {unexpected[:3]}")
+
+
+def dequantized_base(quant_model: Any, fp_model: Any) -> Any:
+    """Copy the dequantised weight of every NF4 linear of ``quant_model`` into ``fp_model``
+    (the rest of the two models is already equal full-precision weights)."""
+    import bitsandbytes as bnb
+    from bitsandbytes.functional import dequantize_4bit
+
+    base = quant_model.get_base_model() if hasattr(quant_model, "get_base_model") else quant_model
+    n = 0
+    for name, module in base.named_modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            target = fp_model.get_submodule(name.removesuffix(".base_layer"))
+            w = dequantize_4bit(module.weight.data, module.weight.quant_state)
+            with torch.no_grad():
+                target.weight.copy_(w.to(device=target.weight.device, dtype=target.weight.dtype))
+            n += 1
+    if n == 0:
+        raise ModelError("no 4-bit linear layers found in the quantized model")
+    return fp_model
+
+
+def merge(peft_model: Any, quant: str, start: Path | None, device: torch.device) -> Any:
+    """The full-precision model with the adapter folded in (see module docstring).
+
+    ``start`` is the folder the quantized model was loaded from (QLoRA only)."""
+    if quant == "none":
+        return peft_model.merge_and_unload()
+    if start is None:
+        raise ValueError("QLoRA merging needs the folder the 4-bit model was loaded from")
+    from peft import get_peft_model
+
+    fp = dequantized_base(peft_model, load_fp(start, device))
+    config = peft_model.peft_config["default"]
+    fresh = get_peft_model(fp, config)
+    load_adapter_state(fresh, adapter_state(peft_model))
+    return fresh.merge_and_unload()
+
+
+# ------------------------------------------------------------------ optimisation
+
+
+@dataclass
+class LoopSettings:
+    steps: int
+    lr: float
+    batch_size: int = 8
+    grad_accum: int = 1
+    warmup: float = 0.05
+    max_grad_norm: float = 1.0
+    weight_decay: float = 0.0
+    save_every: int = 50
+    log_every: int = 10
+    seed: int = 13
+
+
+def make_optimizer(params: Sequence[dict[str, Any]], paged: bool, weight_decay: float) -> Any:
+    """Paged 8-bit AdamW for QLoRA on CUDA (as in the QLoRA paper), AdamW elsewhere."""
+    if paged:
+        import bitsandbytes as bnb
+
+        return bnb.optim.PagedAdamW8bit(params, weight_decay=weight_decay)
+    return torch.optim.AdamW(params, weight_decay=weight_decay)
+
+
+def lr_factor(step: int, total: int, warmup: float) -> float:
+    """Linear warm-up then cosine decay to zero."""
+    warm = max(1, int(total * warmup))
+    if step < warm:
+        return (step + 1) / warm
+    progress = (step - warm) / max(1, total - warm)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _rng_state() -> dict[str, Any]:
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _trainable(modules: dict[str, torch.nn.Module]) -> dict[str, torch.Tensor]:
+    return {
+        f"{m}.{n}": p
+        for m, module in modules.items()
+        for n, p in module.named_parameters()
+        if p.requires_grad
+    }
+
+
+@dataclass
+class LoopResult:
+    steps: int
+    seconds: float
+    tokens: int
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return round(self.tokens / self.seconds, 1) if self.seconds else 0.0
+
+
+def save_checkpoint(
+    folder: Path, step: int, modules: dict[str, torch.nn.Module], opt: Any, result: LoopResult
+) -> None:
+    """Trainable weights + optimizer + RNG + step, written atomically into ``folder``."""
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    state = {k: v.detach().cpu() for k, v in _trainable(modules).items()}
+    torch.save(
+        {
+            "step": step,
+            "weights": state,
+            "optimizer": opt.state_dict(),
+            "rng": _rng_state(),
+            "tokens": result.tokens,
+            "seconds": result.seconds,
+            "history": result.history,
+        },
+        tmp / "state.pt",
+    )
+    (tmp / "step.json").write_text(json.dumps({"step": step}) + "\n")
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+
+
+def load_checkpoint(
+    folder: Path, modules: dict[str, torch.nn.Module], opt: Any, result: LoopResult
+) -> int:
+    state = torch.load(folder / "state.pt", weights_only=False)
+    params = _trainable(modules)
+    missing = set(params) ^ set(state["weights"])
+    if missing:
+        raise AffedgeError(
+            f"{folder}: checkpoint does not match this run's adapters ({sorted(missing)[:2]}); "
+            "use the same options as the interrupted run or delete the checkpoint"
+        )
+    with torch.no_grad():
+        for k, p in params.items():
+            p.copy_(state["weights"][k].to(p.device))
+    opt.load_state_dict(state["optimizer"])
+    _set_rng_state(state["rng"])
+    result.tokens, result.seconds = state["tokens"], state["seconds"]
+    result.history = state["history"]
+    return int(state["step"])
+
+
+LossFn = Callable[[Any, dict[str, Any], list[SFTExample]], tuple[torch.Tensor, dict[str, float]]]
+BatchFn = Callable[[int, int], list[SFTExample]]
+
+
+def answer_logits(
+    model: Any, batch: dict[str, Any]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Logits at the answer positions only: (logits [N, V], targets [N], example index [N],
+    last hidden states [B, T, H]).
+
+    The vocabulary projection of every prompt position is the costliest part of a small
+    model's step (49k x 576 for SmolLM2) and the loss ignores it, so the decoder body is run
+    alone and ``lm_head`` only sees the N positions that predict answer tokens."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    hidden = base.model(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+    ).last_hidden_state
+    targets = batch["labels"][:, 1:]
+    mask = targets != IGNORE
+    rows, cols = mask.nonzero(as_tuple=True)
+    logits = base.lm_head(hidden[rows, cols])
+    return logits.float(), targets[rows, cols], rows, hidden
+
+
+def causal_lm_loss(
+    model: Any, batch: dict[str, Any], examples: list[SFTExample]
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Mean cross-entropy over the answer tokens (labels != -100) of the batch (the same
+    value as the HF model's own ``loss``, computed on the answer positions only)."""
+    logits, targets, _, _ = answer_logits(model, batch)
+    loss = torch.nn.functional.cross_entropy(logits, targets)
+    return loss, {"loss": float(loss.detach())}
+
+
+def train_loop(
+    modules: dict[str, torch.nn.Module],
+    next_batch: BatchFn,
+    settings: LoopSettings,
+    *,
+    pad_id: int,
+    device: torch.device,
+    checkpoint: Path,
+    resume: bool = False,
+    loss_fn: LossFn = causal_lm_loss,
+    paged: bool = False,
+    extra_lr: dict[str, float] | None = None,
+    log: Callable[[str], None] = print,
+    label: str = "train",
+    stop_after: int | None = None,
+    on_log: Callable[[int], dict[str, Any]] | None = None,
+) -> LoopResult:
+    """Optimise the trainable parameters of ``modules`` (``"model"`` is the one called).
+
+    ``next_batch(step, micro)`` returns the examples of one micro-batch; ``extra_lr`` sets
+    the learning rate of other modules (T-AWL, D-AWL heads). ``stop_after`` ends the run
+    with :class:`Interrupted` after that many steps (what a kill after a checkpoint leaves).
+    """
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    model = modules["model"]
+    groups = []
+    for name, module in modules.items():
+        params = [p for p in module.parameters() if p.requires_grad]
+        if params:
+            lr = (extra_lr or {}).get(name, settings.lr)
+            groups.append({"params": params, "lr": lr, "base_lr": lr, "name": name})
+    opt = make_optimizer(groups, paged, settings.weight_decay)
+    result = LoopResult(steps=settings.steps, seconds=0.0, tokens=0)
+    step = 0
+    if resume and (checkpoint / "state.pt").is_file():
+        step = load_checkpoint(checkpoint, modules, opt, result)
+        log(f"{label}: resuming from step {step}/{settings.steps} ({checkpoint})")
+    else:
+        random.seed(settings.seed)
+        torch.manual_seed(settings.seed)
+    model.train()
+    console = Console(stderr=True)
+    with Progress(
+        TextColumn(f"[bold]{label}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} loss {task.fields[loss]:.4f}"),
+        TimeRemainingColumn(),
+        console=console,
+        disable=not console.is_terminal,
+    ) as progress:
+        bar = progress.add_task(label, total=settings.steps, completed=step, loss=float("nan"))
+        while step < settings.steps:
+            t0 = time.perf_counter()
+            factor = lr_factor(step, settings.steps, settings.warmup)
+            for g in opt.param_groups:
+                g["lr"] = g["base_lr"] * factor
+            logs: dict[str, float] = {}
+            for micro in range(settings.grad_accum):
+                examples = next_batch(step, micro)
+                batch = {k: v.to(device) for k, v in collate(examples, pad_id).items()}
+                loss, parts = loss_fn(model, batch, examples)
+                (loss / settings.grad_accum).backward()
+                result.tokens += int(batch["attention_mask"].sum())
+                for k, v in parts.items():
+                    logs[k] = logs.get(k, 0.0) + v / settings.grad_accum
+            params = [p for g in opt.param_groups for p in g["params"]]
+            torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            step += 1
+            result.seconds += time.perf_counter() - t0
+            progress.update(bar, completed=step, loss=logs.get("loss", float("nan")))
+            if step % settings.log_every == 0 or step == settings.steps:
+                entry = {"step": step, "lr": round(settings.lr * factor, 8)}
+                entry.update({k: round(v, 4) for k, v in logs.items()})
+                if on_log:
+                    entry.update(on_log(step))
+                result.history.append(entry)
+                log(
+                    f"{label}: step {step}/{settings.steps} "
+                    + " ".join(f"{k} {v}" for k, v in entry.items() if k != "step")
+                    + f" ({result.tokens / max(result.seconds, 1e-9):.0f} tok/s)"
+                )
+            if step % settings.save_every == 0 or step == settings.steps:
+                save_checkpoint(checkpoint, step, modules, opt, result)
+            if stop_after is not None and step >= stop_after and step < settings.steps:
+                raise Interrupted(f"{label}: stopped after step {step} (resume with --resume)")
+    return result
+
+
+# ------------------------------------------------------------------ saving
+
+
+def save_model(model: Any, tokenizer: Any, out: Path, dtype: torch.dtype) -> None:
+    """Merged weights (``model.safetensors`` + config) and the tokenizer files into ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    model = model.to(dtype=dtype)
+    model.config.use_cache = True
+    model.config.__dict__.pop("quantization_config", None)
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+
+
+def versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {}
+    for pkg in ("affedge", "torch", "transformers", "peft", "bitsandbytes", "accelerate"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            continue
+    return out
+
+
+def set_threads(threads: int | None) -> None:
+    if threads:
+        torch.set_num_threads(threads)
+        os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+
+
+def settings_dict(obj: Any) -> dict[str, Any]:
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(obj).items()}

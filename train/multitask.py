@@ -1,0 +1,442 @@
+"""Multi-task instruction tuning of a decoder LLM: classification + intensity regression.
+
+One LoRA learns every task at once (papers/emollms-affective-analysis.md): sentiment and
+emotion classification, SemEval-2018 V-reg / EI-reg and EmoBank intensities (answered as a
+0-9 digit, read back as the expected value), and implicit aspect sentiment (SemEval-2014)
+with two auxiliary generation tasks whose targets an LLM writes
+(papers/mt-isa-multitask-implicit-sentiment.md): the *aspect* a sentence evaluates and the
+*opinion* it expresses about it. The teacher is the runtime's GGUF engine (SmolLM2 by
+default, ``--aux-model`` for another local GGUF); its answers are cached on disk per model
+file and prompt.
+
+Every micro-batch mixes tasks (each slot draws a task with probability proportional to its
+data size to the power ``alpha``), so the weighting acts within a step:
+
+* T-AWL (``--tawl``): per-task uncertainty weights, ``exp(-s_t) * L_t + s_t``
+  (train/losses.py :class:`TaskWeights`); a task whose loss stays high gets a smaller weight.
+* D-AWL (``--dawl``): per-example ``exp(-s_i) * l_i + s_i`` with ``s_i`` predicted from the
+  hidden state at the answer position by a zero-initialised linear head.
+* focal loss (``--focal-gamma``) on the answer tokens.
+
+The weights are logged in the history and the manifest; the extra heads are not part of
+the exported model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from affedge.errors import AffedgeError
+from affedge.prompts import ITEM_SLOT, SYSTEM, item_body
+from affedge.records import Record
+from affedge.tasks import TASKS
+from affedge.train.hf_base import cache_dir
+from affedge.train.llm_common import (
+    LLMConfig,
+    SourceData,
+    base_manifest,
+    model_dtype_for_save,
+    prepare_source,
+    resolve_base,
+    steps_for,
+    write_manifest,
+)
+from affedge.train.llm_eval import evaluate_source
+from affedge.train.lora import (
+    LoopSettings,
+    add_lora,
+    answer_logits,
+    load_base,
+    merge,
+    pick_device,
+    resolve_quant,
+    save_model,
+    set_threads,
+    settings_dict,
+    train_loop,
+    versions,
+)
+from affedge.train.losses import TaskWeights, data_weighted, focal_cross_entropy
+from affedge.train.sft_data import IGNORE, ChatFormat, SFTExample, encode, find_source, load_records
+
+DEFAULT_TASK_DATA: dict[str, tuple[str, ...]] = {
+    "sentiment": ("tweet_eval_sentiment",),
+    "emotion": ("tweet_eval_emotion",),
+    "valence": ("semeval2018_v_reg", "emobank"),
+    "anger": ("semeval2018_ei_anger",),
+    "fear": ("semeval2018_ei_fear",),
+    "joy": ("semeval2018_ei_joy",),
+    "sadness": ("semeval2018_ei_sadness",),
+    "implicit": ("semeval2014_laptops", "semeval2014_restaurants"),
+}
+
+#: MT-ISA's auxiliary tasks: the instruction, and the registry task whose item body they use
+#: (``aspect`` sees the sentence only, ``opinion`` the sentence and its aspect term).
+AUX_TASKS: dict[str, tuple[str, str]] = {
+    "aspect": (
+        "Name the aspect (the thing or feature being evaluated) that the sentence is about, "
+        "in at most five words.",
+        "sentiment",
+    ),
+    "opinion": (
+        "Say in at most eight words what opinion the sentence expresses about the given "
+        "aspect, including an opinion that is only implied.",
+        "implicit",
+    ),
+}
+AUX_PARENT = "implicit"
+
+
+def aux_messages(name: str) -> tuple[dict[str, str], ...]:
+    instruction, _ = AUX_TASKS[name]
+    system = SYSTEM.split(". ")[0] + "."  # the annotator persona, without "pick an option"
+    return (
+        {"role": "system", "content": system},
+        {"role": "user", "content": f"{instruction}\n\n{ITEM_SLOT}"},
+    )
+
+
+def aux_body(name: str, record: Record) -> str:
+    return item_body(TASKS[AUX_TASKS[name][1]], record)
+
+
+@dataclass
+class MultitaskConfig(LLMConfig):
+    tasks: list[str] = field(default_factory=lambda: list(DEFAULT_TASK_DATA))
+    data: dict[str, list[str]] = field(default_factory=dict)
+    lr: float = 2e-4
+    tawl: bool = True
+    dawl: bool = True
+    focal_gamma: float = 0.0
+    aux: bool = True
+    aux_model: str | None = None
+    aux_lr: float = 1e-2
+    mix_alpha: float = 0.5
+
+    def datasets(self, task: str) -> list[str]:
+        return list(self.data.get(task) or DEFAULT_TASK_DATA.get(task, ()))
+
+
+def check_config(cfg: MultitaskConfig) -> None:
+    if not cfg.tasks:
+        raise AffedgeError("no --tasks given")
+    for task in [*cfg.tasks, *cfg.data]:
+        if task not in TASKS:
+            raise AffedgeError(f"unknown task {task!r}: choose from {', '.join(TASKS)}")
+    for task in cfg.tasks:
+        names = cfg.datasets(task)
+        if not names:
+            raise AffedgeError(f"task {task!r} has no default dataset: give --data {task}=NAME")
+        for name in names:
+            find_source(name, task=task)
+
+
+# ------------------------------------------------------------------ auxiliary targets
+
+
+class AuxTargets:
+    """Aspect/opinion targets written by a local GGUF model, cached per model file."""
+
+    def __init__(self, model_path: Path, threads: int | None) -> None:
+        from affedge.train.hf_base import _cache_key
+
+        self.model_path = model_path
+        self.threads = threads
+        self.file = cache_dir() / "aux-targets" / f"{model_path.stem}-{_cache_key(model_path)}.json"
+        self.cache: dict[str, str] = (
+            json.loads(self.file.read_text(encoding="utf-8")) if self.file.is_file() else {}
+        )
+        self._engine: Any = None
+        self.generated = 0
+
+    @staticmethod
+    def key(name: str, record: Record) -> str:
+        raw = json.dumps([name, AUX_TASKS[name][0], aux_body(name, record)])
+        return hashlib.sha256(raw.encode()).hexdigest()[:24]
+
+    def get(self, name: str, record: Record) -> str:
+        key = self.key(name, record)
+        if key not in self.cache:
+            if self._engine is None:
+                from affedge.engines.gguf import GGUFEngine
+                from affedge.models import ModelRef
+
+                ref = ModelRef(self.model_path.stem, self.model_path, "gguf")
+                self._engine = GGUFEngine(ref, threads=self.threads)
+            messages = [dict(m) for m in aux_messages(name)]
+            messages[-1]["content"] = messages[-1]["content"].replace(
+                ITEM_SLOT, aux_body(name, record)
+            )
+            text = self._engine.generate(messages, max_tokens=20, stop=["\n"])
+            self.cache[key] = " ".join(text.split())[:80]
+            self.generated += 1
+        return self.cache[key]
+
+    def save(self) -> None:
+        self.file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.cache, indent=0, ensure_ascii=False), encoding="utf-8")
+        tmp.replace(self.file)
+        if self._engine is not None:
+            self._engine.close()
+            self._engine = None
+
+
+def aux_examples(
+    fmt: ChatFormat, records: list[Record], teacher: AuxTargets, max_length: int
+) -> dict[str, list[SFTExample]]:
+    out: dict[str, list[SFTExample]] = {}
+    for name in AUX_TASKS:
+        task = f"{AUX_PARENT}:{name}"
+        examples = []
+        for rec in records:
+            target = teacher.get(name, rec)
+            if target:
+                examples.append(
+                    encode(
+                        fmt,
+                        aux_messages(name),
+                        aux_body(name, rec),
+                        target,
+                        max_length,
+                        task,
+                        f"{task}/{rec.dataset}",
+                        rec.id,
+                    )
+                )
+        if examples:
+            out[task] = examples
+    return out
+
+
+# ------------------------------------------------------------------ objective
+
+
+class Objective(nn.Module):
+    """Per-example answer losses combined with T-AWL / D-AWL (each switchable)."""
+
+    def __init__(self, tasks: list[str], hidden: int, tawl: bool, dawl: bool, gamma: float) -> None:
+        super().__init__()
+        self.task_weights = TaskWeights(tasks, enabled=tawl)
+        self.dawl = dawl
+        self.gamma = gamma
+        self.confidence = nn.Linear(hidden, 1)
+        nn.init.zeros_(self.confidence.weight)
+        nn.init.zeros_(self.confidence.bias)
+        self.confidence.requires_grad_(dawl)
+
+    def example_losses(
+        self, logits: torch.Tensor, targets: torch.Tensor, rows: torch.Tensor, n: int
+    ) -> torch.Tensor:
+        """Mean (focal) cross-entropy over each example's answer tokens; ``logits`` and
+        ``targets`` are the answer positions of the batch, ``rows`` their example index."""
+        target = torch.zeros_like(logits)
+        target[torch.arange(len(targets)), targets] = 1.0
+        token_loss = focal_cross_entropy(logits, target, self.gamma)
+        total = torch.zeros(n, dtype=token_loss.dtype, device=logits.device)
+        count = torch.zeros(n, dtype=token_loss.dtype, device=logits.device)
+        total = total.index_add(0, rows, token_loss)
+        count = count.index_add(0, rows, torch.ones_like(token_loss))
+        return total / count.clamp(min=1)
+
+    def combine(
+        self, losses: torch.Tensor, tasks: list[str], hidden: torch.Tensor | None
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Mean over the tasks in the batch of ``T-AWL(task, D-AWL or mean of its losses)``."""
+        log_var = self.confidence(hidden.float()).squeeze(-1) if self.dawl else None
+        terms, logs = [], {}
+        for task in sorted(set(tasks)):
+            idx = torch.tensor([i for i, t in enumerate(tasks) if t == task], device=losses.device)
+            task_loss = losses[idx].mean()
+            if log_var is not None:
+                task_term = data_weighted(losses[idx], log_var[idx])
+            else:
+                task_term = task_loss
+            terms.append(self.task_weights(task, task_term))
+            logs[f"loss/{task}"] = float(task_loss.detach())
+        return torch.stack(terms).mean(), logs
+
+    def loss_fn(
+        self, model: Any, batch: dict[str, Any], examples: list[SFTExample]
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        logits, targets, rows, hidden_all = answer_logits(model, batch)
+        losses = self.example_losses(logits, targets, rows, len(examples))
+        hidden = None
+        if self.dawl:
+            # The state that predicts the first answer token stands for the example.
+            pos = torch.tensor([ex.answer_start - 1 for ex in examples], device=losses.device)
+            hidden = hidden_all[torch.arange(len(examples), device=losses.device), pos]
+        total, logs = self.combine(losses, [ex.task for ex in examples], hidden)
+        logs["loss"] = float(losses.detach().mean())
+        return total, logs
+
+
+def mixed_batches(pools: dict[str, list[SFTExample]], batch: int, seed: int, alpha: float):
+    """``next_batch(step, micro)``: every slot draws a task (probability ~ size ** alpha) and
+    an example of it, from an RNG seeded by (seed, step, micro) so resume is exact."""
+    names = sorted(pools)
+    weights = [len(pools[n]) ** alpha for n in names]
+
+    def next_batch(step: int, micro: int) -> list[SFTExample]:
+        rng = random.Random(f"{seed}:{step}:{micro}")
+        picked = rng.choices(names, weights=weights, k=batch)
+        return [rng.choice(pools[name]) for name in picked]
+
+    return next_batch
+
+
+# ------------------------------------------------------------------ run
+
+
+def train_multitask(
+    cfg: MultitaskConfig,
+    out: Path,
+    *,
+    resume: bool = False,
+    log: Callable[[str], None] = print,
+    stop_after: int | None = None,
+) -> dict[str, Any]:
+    check_config(cfg)
+    device = pick_device(cfg.require_gpu)
+    quant = resolve_quant(cfg.quant, device)
+    base_path = resolve_base(cfg.base)
+    teacher_path = resolve_base(cfg.aux_model) if cfg.aux_model else None
+    set_threads(cfg.threads)
+    if (out / "affedge.json").exists() and not resume:
+        raise AffedgeError(f"{out} holds an earlier run: pass --resume or another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    start_time = time.perf_counter()
+
+    log(f"loading base {base_path} ({quant}, {device})")
+    model, tokenizer = load_base(base_path, quant, device)
+    fmt = ChatFormat(tokenizer, model.config.eos_token_id)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else fmt.eot_id
+
+    sources: list[SourceData] = [
+        prepare_source(fmt, find_source(name, task=task), cfg)
+        for task in cfg.tasks
+        for name in cfg.datasets(task)
+    ]
+    pools: dict[str, list[SFTExample]] = {}
+    for sd in sources:
+        pools.setdefault(sd.source.bench.task, []).extend(sd.train)
+    aux_info: dict[str, Any] = {}
+    if cfg.aux and AUX_PARENT in cfg.tasks:
+        from affedge.train.hf_base import is_gguf
+
+        teacher_file = teacher_path or resolve_base("smollm2-135m-instruct")
+        if not is_gguf(teacher_file):
+            raise AffedgeError(f"--aux-model {teacher_file}: must be a GGUF file (runtime engine)")
+        teacher = AuxTargets(teacher_file, cfg.threads)
+        records = [
+            r
+            for sd in sources
+            if sd.source.bench.task == AUX_PARENT
+            for r in load_records(sd.source, "train", cfg.limit, cfg.seed, cfg.data_dir)
+        ]
+        log(f"auxiliary aspect/opinion targets for {len(records)} records from {teacher_file.name}")
+        try:
+            aux = aux_examples(fmt, records, teacher, cfg.max_length)
+        finally:
+            teacher.save()
+        pools.update(aux)
+        aux_info = {
+            "teacher": str(teacher_file),
+            "cache": str(teacher.file),
+            "generated_now": teacher.generated,
+            "instructions": {k: v[0] for k, v in AUX_TASKS.items()},
+            "examples": {k: len(v) for k, v in aux.items()},
+            "sample": {
+                k: fmt.tokenizer.decode(
+                    [t for t in v[0].labels if t != IGNORE], skip_special_tokens=True
+                )
+                for k, v in aux.items()
+            },
+        }
+
+    task_names = sorted(pools)
+    objective = Objective(
+        task_names, model.config.hidden_size, cfg.tawl, cfg.dawl, cfg.focal_gamma
+    ).to(device)
+    n_examples = sum(len(v) for v in pools.values())
+    steps = steps_for(cfg, n_examples)
+    loop = LoopSettings(
+        steps=steps,
+        lr=cfg.lr,
+        batch_size=cfg.batch_size,
+        grad_accum=cfg.grad_accum,
+        save_every=cfg.save_every,
+        log_every=cfg.log_every,
+        seed=cfg.seed,
+    )
+    peft_model = add_lora(model, cfg.lora, cfg.seed)
+    result = train_loop(
+        {"model": peft_model, "objective": objective},
+        mixed_batches(pools, cfg.batch_size, cfg.seed, cfg.mix_alpha),
+        loop,
+        pad_id=pad_id,
+        device=device,
+        checkpoint=out / "checkpoint",
+        resume=resume,
+        loss_fn=objective.loss_fn,
+        paged=quant == "nf4" and device.type == "cuda",
+        extra_lr={"objective": cfg.aux_lr},
+        log=log,
+        label="multitask",
+        stop_after=stop_after,
+        on_log=lambda step: {"task_weights": objective.task_weights.weights()},
+    )
+    from affedge.train.hf_base import hf_folder
+
+    merged = merge(peft_model, quant, hf_folder(base_path), device)
+    validation = {}
+    for sd in sources:
+        validation[sd.source.key] = evaluate_source(merged, fmt, sd.source, sd.validation)
+        res = validation[sd.source.key]
+        log(f"{sd.source.key}: validation {res['metric']} {res['value']} (n={res['n']})")
+
+    manifest = base_manifest(cfg, base_path, merged, fmt, "multitask", quant)
+    labels: dict[str, list[str]] = {}
+    for sd in sources:
+        labels.setdefault(sd.source.bench.task, list(sd.source.spec.answers))
+    manifest.update(
+        {
+            "stages": [],
+            "tasks": list(cfg.tasks),
+            "labels": labels,
+            "dataset_labels": {sd.source.key: list(sd.source.spec.answers) for sd in sources},
+            "data": [sd.data for sd in sources],
+            "aux": aux_info,
+            "hyperparameters": {
+                **settings_dict(cfg),
+                "steps": steps,
+                "lora_targets": list(cfg.lora.targets),
+                "schedule": "linear warm-up 5% then cosine to 0; AdamW; grad clip 1.0",
+            },
+            "training": {
+                "examples": {k: len(v) for k, v in pools.items()},
+                "seconds": round(result.seconds, 1),
+                "tokens": result.tokens,
+                "tokens_per_s": result.tokens_per_s,
+                "history": result.history,
+                "task_weights": objective.task_weights.weights(),
+            },
+            "validation": validation,
+            "forgetting": {},
+            "versions": versions(),
+            "seconds": round(time.perf_counter() - start_time, 1),
+        }
+    )
+    save_model(merged, tokenizer, out, model_dtype_for_save(device))
+    write_manifest(out, manifest)
+    return manifest

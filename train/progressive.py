@@ -1,0 +1,290 @@
+"""Progressive chain-of-LoRA tuning (GSA, papers/gsa-progressive-tuning.md, eqs. 2-6).
+
+Stage i trains a fresh LoRA on ``W_pre + sum_{j<i} B_j A_j`` (the base with every earlier
+stage merged in) on the tasks of its reasoning level (SA -> ERC -> SD), with the level's
+progressive instruction from the task registry, and is then merged itself. The paper's
+per-stage learning rates are the defaults (8e-5, 2e-4, 1e-4). After each stage, every
+earlier stage's tasks are evaluated on validation data; the manifest records the metrics
+and the forgetting (metric right after a stage minus the metric after the last one).
+
+Every stage's adapter is kept under ``<out>/stages/<stage>/`` so a stage model can be
+rebuilt (``bench/train_report.py``) and a resumed run skips finished stages.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from affedge.errors import AffedgeError, DataError
+from affedge.tasks import Level
+from affedge.train.llm_common import (
+    LLMConfig,
+    base_manifest,
+    model_dtype_for_save,
+    prepare_source,
+    resolve_base,
+    sequential_batches,
+    steps_for,
+    write_manifest,
+)
+from affedge.train.llm_eval import evaluate_source
+from affedge.train.lora import (
+    LoopSettings,
+    adapter_state,
+    add_lora,
+    load_adapter_state,
+    load_base,
+    merge,
+    pick_device,
+    resolve_quant,
+    save_model,
+    set_threads,
+    settings_dict,
+    train_loop,
+    versions,
+)
+from affedge.train.sft_data import ChatFormat, find_source
+
+STAGES: dict[str, Level] = {"sa": "SA", "erc": "ERC", "sd": "SD"}
+DEFAULT_DATA: dict[str, tuple[str, ...]] = {
+    "sa": ("sst2", "tweet_eval_sentiment"),
+    "erc": ("meld", "emorynlp", "dailydialog"),
+    "sd": ("mustard", "mustard_plus_plus", "tweet_eval_irony"),
+}
+#: GSA section 5: Adam with learning rates {8e-5, 2e-4, 1e-4} for the three levels.
+PAPER_LR: dict[str, float] = {"sa": 8e-5, "erc": 2e-4, "sd": 1e-4}
+
+
+@dataclass
+class ProgressiveConfig(LLMConfig):
+    stages: list[str] = field(default_factory=lambda: list(STAGES))
+    data: dict[str, list[str]] = field(default_factory=dict)
+    lr: dict[str, float] = field(default_factory=dict)
+
+    def datasets(self, stage: str) -> list[str]:
+        return list(self.data.get(stage) or DEFAULT_DATA[stage])
+
+    def stage_lr(self, stage: str) -> float:
+        return self.lr.get(stage, PAPER_LR[stage])
+
+
+def check_config(cfg: ProgressiveConfig) -> None:
+    """Clear errors for unknown stages or datasets before any model is loaded."""
+    if not cfg.stages:
+        raise AffedgeError("no --stages given")
+    for stage in [*cfg.stages, *cfg.data, *cfg.lr]:
+        if stage not in STAGES:
+            raise AffedgeError(f"unknown stage {stage!r}: choose from {', '.join(STAGES)}")
+    if len(set(cfg.stages)) != len(cfg.stages):
+        raise AffedgeError(f"a stage is repeated in --stages {','.join(cfg.stages)}")
+    for stage in cfg.stages:
+        for name in cfg.datasets(stage):
+            find_source(name, level=STAGES[stage])
+
+
+def _stage_dir(out: Path, stage: str) -> Path:
+    return out / "stages" / stage
+
+
+def train_progressive(
+    cfg: ProgressiveConfig,
+    out: Path,
+    *,
+    resume: bool = False,
+    log: Callable[[str], None] = print,
+    stop_after: int | None = None,
+) -> dict[str, Any]:
+    """Run the chain of LoRA stages and write the merged model folder to ``out``."""
+    check_config(cfg)
+    device = pick_device(cfg.require_gpu)
+    quant = resolve_quant(cfg.quant, device)
+    base_path = resolve_base(cfg.base)
+    set_threads(cfg.threads)
+    earlier = (out / "stages").exists() or (out / "affedge.json").exists()
+    if earlier and not resume:
+        raise AffedgeError(f"{out} holds an earlier run: pass --resume or another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    start_time = time.perf_counter()
+
+    log(f"loading base {base_path} ({quant}, {device})")
+    model, tokenizer = load_base(base_path, quant, device)
+    fmt = ChatFormat(tokenizer, model.config.eos_token_id)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else fmt.eot_id
+
+    data: dict[str, list] = {}
+    for stage in cfg.stages:
+        data[stage] = [
+            prepare_source(fmt, find_source(name, level=STAGES[stage]), cfg)
+            for name in cfg.datasets(stage)
+        ]
+    start_folder = _working_folder(base_path)
+    validation: dict[str, dict[str, Any]] = {}
+    stage_info: list[dict[str, Any]] = []
+
+    for index, stage in enumerate(cfg.stages):
+        sdir = _stage_dir(out, stage)
+        examples = [ex for sd in data[stage] for ex in sd.train]
+        steps = steps_for(cfg, len(examples))
+        loop = LoopSettings(
+            steps=steps,
+            lr=cfg.stage_lr(stage),
+            batch_size=cfg.batch_size,
+            grad_accum=cfg.grad_accum,
+            save_every=cfg.save_every,
+            log_every=cfg.log_every,
+            seed=cfg.seed + index,
+        )
+        peft_model = add_lora(model, cfg.lora, cfg.seed + index)
+        done = sdir / "done.json"
+        if resume and done.is_file():
+            from safetensors.torch import load_file
+
+            load_adapter_state(peft_model, load_file(sdir / "adapter.safetensors"))
+            info = json.loads(done.read_text())
+            log(f"stage {stage}: finished in an earlier run, re-merging its adapter")
+        else:
+            result = train_loop(
+                {"model": peft_model},
+                sequential_batches(examples, cfg.batch_size, cfg.grad_accum, cfg.seed, stage),
+                loop,
+                pad_id=pad_id,
+                device=device,
+                checkpoint=sdir / "checkpoint",
+                resume=resume,
+                paged=quant == "nf4" and device.type == "cuda",
+                log=log,
+                label=f"stage {stage}",
+                stop_after=stop_after,
+            )
+            info = {
+                "stage": stage,
+                "level": STAGES[stage],
+                "datasets": [sd.data for sd in data[stage]],
+                "steps": steps,
+                "lr": loop.lr,
+                "examples": len(examples),
+                "train_seconds": round(result.seconds, 1),
+                "tokens": result.tokens,
+                "tokens_per_s": result.tokens_per_s,
+                "history": result.history,
+            }
+            _save_stage(sdir, peft_model, info)
+        model = merge(peft_model, quant, start_folder, device)
+        # Validation after this stage: every stage trained so far (forgetting of earlier ones).
+        after: dict[str, Any] = {}
+        for earlier in cfg.stages[: index + 1]:
+            for sd in data[earlier]:
+                after[sd.source.key] = evaluate_source(model, fmt, sd.source, sd.validation)
+                log(
+                    f"after {stage}: {sd.source.key} validation {after[sd.source.key]['metric']} "
+                    f"{after[sd.source.key]['value']} (n={after[sd.source.key]['n']})"
+                )
+        validation[stage] = after
+        info["validation"] = after
+        (sdir / "done.json").write_text(json.dumps(info, indent=2) + "\n")
+        stage_info.append(info)
+        if quant == "nf4" and index + 1 < len(cfg.stages):
+            # The next stage quantizes the merged model again: give it a folder to load.
+            start_folder = out / ".work" / f"merged-{stage}"
+            save_model(model, tokenizer, start_folder, model_dtype_for_save(device))
+            del model
+            model, _ = load_base(start_folder, quant, device)
+        elif index + 1 < len(cfg.stages):
+            model.config.use_cache = False
+
+    forgetting = _forgetting(cfg.stages, validation)
+    manifest = base_manifest(cfg, base_path, model, fmt, "progressive", quant)
+    keys = [(sd.source.bench.task, sd) for stage in cfg.stages for sd in data[stage]]
+    manifest.update(
+        {
+            "stages": stage_info,
+            "tasks": sorted({task for task, _ in keys}),
+            "labels": _task_labels(keys),
+            "dataset_labels": {sd.source.key: list(sd.source.spec.answers) for _, sd in keys},
+            "data": [sd.data for stage in cfg.stages for sd in data[stage]],
+            "hyperparameters": {
+                **settings_dict(cfg),
+                "lr": {s: cfg.stage_lr(s) for s in cfg.stages},
+                "lora_targets": list(cfg.lora.targets),
+                "schedule": "linear warm-up 5% then cosine to 0; AdamW; grad clip 1.0",
+            },
+            "validation": validation,
+            "forgetting": forgetting,
+            "versions": versions(),
+            "seconds": round(time.perf_counter() - start_time, 1),
+        }
+    )
+    save_model(model, tokenizer, out, model_dtype_for_save(device))
+    write_manifest(out, manifest)
+    shutil.rmtree(out / ".work", ignore_errors=True)
+    return manifest
+
+
+def _task_labels(keys: list[tuple[str, Any]]) -> dict[str, list[str]]:
+    """Each task's answers as its first training dataset asks them (``dataset_labels`` has
+    every dataset's own set, e.g. TweetEval irony's ironic / not ironic)."""
+    out: dict[str, list[str]] = {}
+    for task, sd in keys:
+        out.setdefault(task, list(sd.source.spec.answers))
+    return out
+
+
+def _working_folder(base_path: Path) -> Path:
+    from affedge.train.hf_base import hf_folder
+
+    return hf_folder(base_path)
+
+
+def _save_stage(sdir: Path, peft_model: Any, info: dict[str, Any]) -> None:
+    """The stage's adapter (peft layout, so PeftModel.from_pretrained reads it)."""
+    from safetensors.torch import save_file
+
+    sdir.mkdir(parents=True, exist_ok=True)
+    save_file(adapter_state(peft_model), sdir / "adapter.safetensors")
+    config = peft_model.peft_config["default"].to_dict()
+    config["target_modules"] = sorted(config["target_modules"])
+    (sdir / "adapter_config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
+    shutil.rmtree(sdir / "checkpoint", ignore_errors=True)
+
+
+def _forgetting(stages: list[str], validation: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """For each source trained in a stage before the last: its validation metric right after
+    its own stage, after the last stage, and the drop between them (positive = forgotten)."""
+    out: dict[str, Any] = {}
+    last = stages[-1]
+    for stage in stages[:-1]:
+        own = validation[stage]
+        for key, res in own.items():
+            if key in out or key not in validation[last]:
+                continue
+            if not any(key in validation[s] for s in stages[: stages.index(stage)]):
+                final = validation[last][key]["value"]
+                out[key] = {
+                    "metric": res["metric"],
+                    "after_own_stage": res["value"],
+                    "after_last_stage": final,
+                    "drop": round(res["value"] - final, 4),
+                    "trajectory": {
+                        s: validation[s][key]["value"] for s in stages if key in validation[s]
+                    },
+                }
+    return out
+
+
+def parse_stage_map(value: str | None, convert: Callable[[str], Any]) -> dict[str, Any]:
+    """``sa=a,b;erc=c`` or ``sa=a,b erc=c`` style option values -> {stage: ...}."""
+    if not value:
+        return {}
+    out: dict[str, Any] = {}
+    for part in value.replace(";", " ").split():
+        stage, sep, rest = part.partition("=")
+        if not sep:
+            raise DataError(f"expected STAGE=VALUE in {value!r}, got {part!r}")
+        out[stage.strip()] = convert(rest)
+    return out
