@@ -167,7 +167,17 @@ def merge(peft_model: Any, quant: str, start: Path | None, device: torch.device)
         raise ValueError("QLoRA merging needs the folder the 4-bit model was loaded from")
     from peft import get_peft_model
 
-    fp = dequantized_base(peft_model, load_fp(start, device))
+    # Dequantise a fresh 4-bit load of ``start`` (NF4 quantization is deterministic, so these
+    # are the weights training started from): bitsandbytes' CPU backend repacks the weights
+    # of a model that has run forward passes, and dequantize_4bit then reads garbage.
+    quantized, _ = load_causal_lm(
+        hf_folder(start),
+        quantize_4bit=True,
+        compute_dtype=compute_dtype(device),
+        device_map={"": device.index or 0} if device.type == "cuda" else None,
+    )
+    fp = dequantized_base(quantized, load_fp(start, device))
+    del quantized
     config = peft_model.peft_config["default"]
     fresh = get_peft_model(fp, config)
     load_adapter_state(fresh, adapter_state(peft_model))
