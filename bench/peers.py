@@ -331,7 +331,9 @@ def peer_specs(model: str, fmt: str, peers: Sequence[str], has_source: bool) -> 
 # ------------------------------------------------------------ forward-pass accounting
 
 
-def forward_tokens(engine: Engine, records: Sequence[Record], task: Task) -> int | None:
+def forward_tokens(
+    engine: Engine, records: Sequence[Record], task: Task, labels: Sequence[str] | None = None
+) -> int | None:
     """Tokens one pass of ``engine`` over ``records`` runs through the model.
 
     Encoders: the real (unpadded) tokens of each item. affedge decoders: the item's own
@@ -343,10 +345,10 @@ def forward_tokens(engine: Engine, records: Sequence[Record], task: Task) -> int
         return None
     if isinstance(engine, GenerationEngine):
         inner = engine._engine
-        head = len(inner.answer_tokens(task).head)
-        return sum(len(inner.prompt_tokens(task, r)) - head for r in records)
+        head = len(inner.answer_tokens(task, labels).head)
+        return sum(len(inner.prompt_tokens(task, r, labels)) - head for r in records)
     if isinstance(engine, TorchCausalEngine):
-        prompts, _ = engine.prompts(records, task, None)
+        prompts, _ = engine.prompts(records, task, labels)
         return sum(len(p) for p in prompts)
     tokenizer = getattr(engine, "_tokenizer", None)
     if tokenizer is not None and hasattr(engine, "heads"):  # multi-task encoder, ONNX or torch
@@ -356,8 +358,8 @@ def forward_tokens(engine: Engine, records: Sequence[Record], task: Task) -> int
             total += int(inputs["attention_mask"].sum())
         return total
     if hasattr(engine, "prompt_tokens") and hasattr(engine, "answer_tokens"):
-        head = len(engine.answer_tokens(task).head)
-        return sum(len(engine.prompt_tokens(task, r)) - head for r in records)
+        head = len(engine.answer_tokens(task, labels).head)
+        return sum(len(engine.prompt_tokens(task, r, labels)) - head for r in records)
     return None
 
 

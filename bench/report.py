@@ -41,8 +41,9 @@ def summary_markdown(report: dict[str, Any]) -> str:
     lines = [
         "# affedge benchmark report",
         "",
-        f"`{report['command']}` on {report['date']}, {report['wall_s'] / 60:.1f} minutes of "
-        f"wall time; {bench['machine']['cpu']} ({bench['machine']['cores_usable']} usable "
+        f"`{bench['command']}` (bench) and `{report['command']}` (this page) on "
+        f"{report['date']}, {report['wall_s'] / 60:.1f} minutes of wall time for this "
+        f"command; {bench['machine']['cpu']} ({bench['machine']['cores_usable']} usable "
         f"cores, shared with other jobs: load average {bench['load_average']} at the start).",
         "",
         f"Limits: bench on {bench['items']}, {bench['reps']} repetitions (median quoted), "
@@ -110,6 +111,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--eval-threads", type=int, default=1)
     parser.add_argument("--source", action="append", default=[], help="MODEL=TORCH_FOLDER")
     parser.add_argument("--skip-eval", action="store_true")
+    parser.add_argument(
+        "--reuse-bench", action="store_true", help="keep OUT/bench.json, run the evals only"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
 
@@ -120,18 +124,23 @@ def main(argv: Sequence[str] | None = None) -> None:
     sources = {k: Path(v) for k, v in (s.split("=", 1) for s in args.source)}
     threads = [int(t) for t in args.threads.split(",")]
     meta = stamp("report", argv)
-    bench = run_bench(
-        models, threads, n=args.n, reps=args.reps, latency_n=args.latency_n,
-        sources=sources, log=_log,
-    )  # fmt: skip
-    bench = {**meta, **bench}
-    plot = plot_quality_speed(
-        bench_points(bench),
-        args.out / "bench_quality_vs_speed.png",
-        f"Accuracy vs items/s, {bench['items']}, {max(threads)} threads",
-    )
-    bench["plot"] = plot.name
-    write_report(args.out / "bench", bench, bench_markdown(bench))
+    if args.reuse_bench:
+        import json
+
+        bench = json.loads((args.out / "bench.json").read_text())
+    else:
+        bench = run_bench(
+            models, threads, n=args.n, reps=args.reps, latency_n=args.latency_n,
+            sources=sources, log=_log,
+        )  # fmt: skip
+        bench = {**meta, **bench}
+        plot = plot_quality_speed(
+            bench_points(bench),
+            args.out / "bench_quality_vs_speed.png",
+            f"Accuracy vs items/s, {bench['items']}, {max(threads)} threads",
+        )
+        bench["plot"] = plot.name
+        write_report(args.out / "bench", bench, bench_markdown(bench))
 
     evals, limits = [], {}
     if not args.skip_eval:

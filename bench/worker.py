@@ -114,7 +114,7 @@ def measure(args: argparse.Namespace, spawned: float) -> dict[str, Any]:
         confidence = [max(r.probs.values()) for r in results]
         generated = getattr(engine, "generated_tokens", 0)
     items_per_s = statistics.median(rates)
-    tokens = forward_tokens(engine, records, task)
+    tokens = forward_tokens(engine, records, task, labels)
     if tokens is not None:
         tokens += generated
     params = forward_params(engine)
