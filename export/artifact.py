@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import platform
 import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -108,6 +109,29 @@ def staged(out: Path, name: str) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
+
+
+@contextmanager
+def output_dir(out: Path) -> Iterator[Path]:
+    """Create ``out`` and yield a scratch folder inside it for intermediate files.
+
+    The scratch folder always goes; ``out`` goes too if this export created it and no
+    artifact made it in. A full disk or unwritable folder becomes one ModelError line.
+    """
+    created = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=".work-", dir=out))
+        try:
+            yield work
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    except OSError as exc:
+        where = exc.filename or out
+        raise ModelError(f"{where}: cannot write the export ({exc.strerror or exc})") from None
+    finally:
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
 
 
 def check_floor(report: VerifyReport) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import tempfile
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -13,6 +12,7 @@ from affedge.export.artifact import (
     check_floor,
     load_source_model,
     open_source,
+    output_dir,
     staged,
     write_manifest,
 )
@@ -52,10 +52,8 @@ def export_gguf(
     task, dataset = verification_task(source.tasks)
     records = sample_records(task, dataset, sample, data_dir)
     base_type = "f32" if quants == ["f32"] else "f16"
-    out.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=".work-", dir=out))
-    manifests = []
-    try:
+    manifests: list[dict[str, Any]] = []
+    with output_dir(out) as work:
         log(f"writing {base_type.upper()} GGUF from {source.folder}")
         base = write_gguf(source.folder, work / f"{source.name}.{base_type}.gguf", base_type)
         check_tokenizer(base, source.folder)
@@ -92,6 +90,4 @@ def export_gguf(
                     f"{report.artifact_accuracy:.1%} (source {report.source_accuracy:.1%}), "
                     f"{report.size_bytes / 2**20:.1f} MiB"
                 )
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     return manifests

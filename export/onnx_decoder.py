@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from affedge.export.artifact import (
     check_floor,
     load_source_model,
     open_source,
+    output_dir,
     special_tokens,
     staged,
     write_manifest,
@@ -84,10 +84,8 @@ def export_onnx_decoder(
     records = sample_records(task, dataset, sample, data_dir)
     special = special_tokens(source.folder)
     template = special.pop("chat_template")
-    out.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=".work-", dir=out))
-    manifests = []
-    try:
+    manifests: list[dict[str, Any]] = []
+    with output_dir(out) as work:
         log(f"exporting {source.folder} to ONNX with optimum")
         fp32 = _optimum_export(source.folder, work / "fp32")
         reference = TorchSource(load_source_model(source))
@@ -129,6 +127,4 @@ def export_onnx_decoder(
                     f"{report.artifact_accuracy:.1%} (source {report.source_accuracy:.1%}), "
                     f"{report.size_bytes / 2**20:.1f} MiB"
                 )
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     return manifests

@@ -95,10 +95,15 @@ def sample_records(
 
 
 class TorchSource:
-    """The source model in torch, fed token ids an engine built."""
+    """The source model in torch, fed token ids an engine built.
+
+    Label scores are memoised by token ids: every artifact of one export sees the same ids
+    (same tokenizer), so the source pays its forward passes once, not once per quant type.
+    """
 
     def __init__(self, model: Any) -> None:
         self.model = model.eval()
+        self._memo: dict[tuple, np.ndarray] = {}
 
     def logits(self, ids: list[int]) -> np.ndarray:
         """Next-token logits at every position of ``ids`` (float32)."""
@@ -110,6 +115,12 @@ class TorchSource:
 
     def answer_logprobs(self, ids: list[int], prep: Prepared) -> np.ndarray:
         """log p(answer | ids) per answer, as the engines score labels."""
+        key = (tuple(ids), tuple(map(tuple, prep.answers)))
+        if key not in self._memo:
+            self._memo[key] = self._answer_logprobs(ids, prep)
+        return self._memo[key]
+
+    def _answer_logprobs(self, ids: list[int], prep: Prepared) -> np.ndarray:
         if prep.first_only:
             last = log_softmax(self.logits(ids)[-1])
             return np.array([last[a[0]] for a in prep.answers])
