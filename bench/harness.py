@@ -4,7 +4,8 @@ For every system (see :mod:`affedge.bench.peers`) and thread count, a fresh work
 (:mod:`affedge.bench.worker`) measures cold start (spawn -> first item labelled: interpreter,
 imports, model load, one item), per-item latency (p50/p95 over ``latency_n`` single-item
 calls), batch items/s and tokens/s, accuracy and ECE on the inputs when they are labelled, and
-its peak RSS. Every measurement is repeated ``reps`` times and the median is quoted. A sgemm
+its peak RSS. Every measurement is repeated ``reps`` times, each repetition a fresh process and the
+repetitions taken in rounds over all systems, and the median is quoted. A sgemm
 worker measures the machine's float32 matmul throughput at the same thread count, the
 roofline against which each engine's achieved GFLOP/s (2 x forward params x tokens/s) is
 set. Ratios against the peers are the headline: they are taken within one run, on one
@@ -63,7 +64,8 @@ def forward_gflops(params: int | None, tokens_per_s: float | None) -> float | No
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
-    return round(a / b, 2) if a and b else None
+    """a / b to three significant digits (None when either is missing or zero)."""
+    return float(f"{a / b:.3g}") if a and b else None
 
 
 def ratio_rows(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -109,6 +111,30 @@ def agreement(a: Sequence[str], b: Sequence[str]) -> float | None:
     if not a or len(a) != len(b):
         return None
     return round(sum(x == y for x, y in zip(a, b, strict=True)) / len(a), 4)
+
+
+#: Measurements whose median over repetitions is quoted.
+MEDIAN_KEYS = (
+    "cold_start_s", "load_s", "latency_p50_ms", "latency_p95_ms", "items_per_s", "tokens_per_s",
+)  # fmt: skip
+
+
+def merge_runs(system: str, threads: int, runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One result from a system's repetitions: the median of each timing, the largest peak
+    RSS, the per-repetition values kept; quality and token counts from the first run (the
+    engines are deterministic). A failed repetition makes the result a failure."""
+    failed = [r for r in runs if "error" in r]
+    if failed or not runs:
+        error = failed[0]["error"] if failed else "no runs"
+        return {"system": system, "threads": threads, "error": error}
+    merged = {**runs[0], "system": system, "threads": threads, "reps": len(runs)}
+    for key in MEDIAN_KEYS:
+        values = [r[key] for r in runs if r.get(key) is not None]
+        merged[key] = round(statistics.median(values), 3) if values else None
+        merged[f"{key}_runs"] = [r.get(key) for r in runs]
+    merged["peak_rss_mb"] = max(r["peak_rss_mb"] for r in runs)
+    merged["wall_s"] = round(sum(r.get("wall_s", 0.0) for r in runs), 1)
+    return merged
 
 
 def add_roofline(results: list[dict[str, Any]], peaks: dict[int, float]) -> None:
@@ -180,7 +206,7 @@ def run_bench(
         systems += peer_specs(model, ref.format, peers, has_source)
     systems += [p for p in peers if p in ("vader", "textblob")]
 
-    common = ["--n", str(n), "--reps", str(reps), "--latency-n", str(latency_n)]
+    common = ["--n", str(n), "--reps", "1", "--latency-n", str(latency_n)]
     common += ["--task", task]
     common += ["--input", str(input_file)] if input_file else ["--dataset", dataset]
     if data_dir is not None:
@@ -196,16 +222,22 @@ def run_bench(
         sgemm[t] = _worker(["--sgemm", str(SGEMM_N), "--reps", "5"], t, timeout)
         if "gflops" in sgemm[t]:
             peaks[t] = sgemm[t]["gflops"]
+        runs: dict[str, list[dict[str, Any]]] = {s: [] for s in systems}
+        # Repetitions are rounds over every system, each a fresh process, so that a change in
+        # the load of shared cores during the run hits every system alike.
+        for rep in range(reps):
+            for system in systems:
+                if runs[system] and "error" in runs[system][-1]:
+                    continue
+                log(f"bench: {system} on {t} threads, repetition {rep + 1}/{reps}")
+                started = time.perf_counter()
+                res = _worker(["--system", system, *common], t, timeout)
+                res["wall_s"] = round(time.perf_counter() - started, 1)
+                if "error" in res:
+                    log(f"bench: {system}: {res['error']}")
+                runs[system].append(res)
         for system in systems:
-            log(f"bench: {system} on {t} threads")
-            started = time.perf_counter()
-            res = _worker(["--system", system, *common], t, timeout)
-            res.setdefault("system", system)
-            res.setdefault("threads", t)
-            res["wall_s"] = round(time.perf_counter() - started, 1)
-            if "error" in res:
-                log(f"bench: {system}: {res['error']}")
-            results.append(res)
+            results.append(merge_runs(system, t, runs[system]))
     add_roofline(results, peaks)
     by_key = {(r["system"], r["threads"]): r for r in results if "predictions" in r}
     for r in results:
@@ -258,6 +290,10 @@ def _fmt(value: Any, digits: int = 2) -> str:
     return str(value)
 
 
+def _g(value: float | None) -> str:
+    return "" if value is None else f"{value:.3g}"
+
+
 def bench_markdown(report: dict[str, Any]) -> str:
     """The bench report as markdown: headline ratios, then every measurement."""
     m = report["machine"]
@@ -267,7 +303,8 @@ def bench_markdown(report: dict[str, Any]) -> str:
         f"`{report.get('command', 'affedge bench')}` on {report.get('date', '')}; {m['cpu']} "
         f"({m['cores_usable']} usable cores), load average at the start "
         f"{report.get('load_average')}. Inputs: {report['items']}; median of {report['reps']} "
-        f"repetitions; latency over the first {report['latency_items']} items one at a time.",
+        f"repetitions (each a fresh process, in rounds over all systems); latency over the "
+        f"first {report['latency_items']} items one at a time.",
         "",
         "## Headline: affedge against its peers (same run, same inputs, same threads)",
         "",
@@ -280,8 +317,8 @@ def bench_markdown(report: dict[str, Any]) -> str:
     ]
     for r in report["ratios"]:
         lines.append(
-            f"| {r['system']} | {r['peer']} | {r['threads']} | {_fmt(r['speedup'])} | "
-            f"{_fmt(r['latency_x'])} | {_fmt(r['cold_start_x'])} | {_fmt(r['rss_x'])} | "
+            f"| {r['system']} | {r['peer']} | {r['threads']} | {_g(r['speedup'])} | "
+            f"{_g(r['latency_x'])} | {_g(r['cold_start_x'])} | {_g(r['rss_x'])} | "
             f"{_fmt(r['quality_delta'], 4)} |"
         )
     lines += [

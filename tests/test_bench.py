@@ -18,6 +18,7 @@ from affedge.bench.harness import (
     forward_gflops,
     latency_summary,
     matmul_gflops,
+    merge_runs,
     percentile,
     plot_quality_speed,
     ratio_rows,
@@ -152,6 +153,20 @@ def test_ratio_rows_pairs_models_and_lexicons():
     assert va["speedup"] == 0.01 and va["latency_x"] == 0.05 and va["quality_delta"] == 0.25
 
 
+def test_merge_runs_takes_medians():
+    runs = [
+        _result("affedge:a", items=10.0, p50=30.0, cold=3.0, rss=100.0),
+        _result("affedge:a", items=30.0, p50=10.0, cold=1.0, rss=120.0),
+        _result("affedge:a", items=20.0, p50=20.0, cold=9.0, rss=110.0),
+    ]
+    merged = merge_runs("affedge:a", 2, runs)
+    assert merged["items_per_s"] == 20.0 and merged["latency_p50_ms"] == 20.0
+    assert merged["cold_start_s"] == 3.0 and merged["peak_rss_mb"] == 120.0
+    assert merged["items_per_s_runs"] == [10.0, 30.0, 20.0] and merged["reps"] == 3
+    failed = merge_runs("x", 1, [runs[0], {"error": "exit 1: boom"}])
+    assert failed == {"system": "x", "threads": 1, "error": "exit 1: boom"}
+
+
 def test_agreement_and_answer_parsing():
     assert agreement(["a", "b", "a", "a"], ["a", "b", "b", "a"]) == 0.75
     assert agreement(["a"], ["a", "b"]) is None
@@ -215,7 +230,7 @@ def _bench_report():
 def test_bench_report_files(tmp_path):
     report = _bench_report()
     md = bench_markdown(report)
-    assert "| affedge:a | vader | 2 | 0.01 |" in md
+    assert "| affedge:a | vader | 2 | 0.01 | 1 |" in md
     assert "failed: exit 1: no torch" in md
     assert "10.0 GFLOP/s" in md
     png = plot_quality_speed(bench_points(report), tmp_path / "q.png", "title")
