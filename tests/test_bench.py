@@ -315,3 +315,31 @@ def test_cli_bad_input(cli, tmp_path, args, message):
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], res.stderr
     assert "Traceback" not in res.stderr
+
+
+TORCH_PROBE = """
+import sys
+attempts = []
+class Probe:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "transformers", "peft"):
+            attempts.append(name)
+        return None
+sys.meta_path.insert(0, Probe())
+from affedge.bench import worker
+worker.main(["--system", sys.argv[1], "--threads", "1", "--n", "3", "--reps", "1",
+             "--latency-n", "1"])
+print("ATTEMPTS", attempts)
+"""
+
+
+@pytest.mark.parametrize("system", ["affedge:minilm-affect-int8", "vader"])
+def test_bench_without_transformers_peer_never_imports_torch(data_dir, system):
+    import subprocess
+    import sys
+
+    res = subprocess.run(
+        [sys.executable, "-c", TORCH_PROBE, system], capture_output=True, text=True, timeout=120
+    )
+    assert "AFFEDGE_BENCH_RESULT" in res.stdout, res.stderr
+    assert res.stdout.strip().splitlines()[-1] == "ATTEMPTS []"
