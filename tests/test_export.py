@@ -29,6 +29,29 @@ PROMPT = (
 )
 
 
+METADATA_KEYS = (
+    "llama.block_count",
+    "llama.embedding_length",
+    "llama.attention.head_count",
+    "llama.attention.head_count_kv",
+    "llama.rope.freq_base",
+    "llama.vocab_size",
+    "tokenizer.ggml.model",
+    "tokenizer.ggml.bos_token_id",
+    "tokenizer.ggml.eos_token_id",
+    "tokenizer.ggml.padding_token_id",
+    "tokenizer.ggml.add_bos_token",
+    "tokenizer.chat_template",
+)
+
+
+def _metadata(path: Path) -> dict[str, object]:
+    import gguf
+
+    fields = gguf.GGUFReader(str(path)).fields
+    return {k: fields[k].contents() for k in METADATA_KEYS if k in fields}
+
+
 def _llama_logits(gguf: Path, ids: list[int]) -> np.ndarray:
     from llama_cpp import Llama
 
@@ -57,6 +80,9 @@ def test_smollm2_round_trip_f16_matches_transformers(smollm2_hf, smollm2_path, t
     moves them by several units)."""
     out = write_gguf(smollm2_hf, tmp_path / "smol.f16.gguf", "f16")
     check_tokenizer(out, smollm2_hf)
+    ours_meta, original_meta = _metadata(out), _metadata(smollm2_path)
+    for key in METADATA_KEYS:
+        assert ours_meta.get(key) == original_meta.get(key), key
     with GGUFEngine(ModelRef("smol", smollm2_path, "gguf"), threads=2) as original:
         ids = original._tokens(PROMPT, special=True)
     ours = _llama_logits(out, ids)

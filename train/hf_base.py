@@ -67,7 +67,8 @@ def check_hf_folder(path: Path, need_tokenizer: bool = True) -> None:
 
 def _cache_key(path: Path) -> str:
     st = path.stat()
-    raw = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()
+    # The version tag invalidates folders written by an older conversion.
+    raw = f"v2|{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()
     return hashlib.sha1(raw).hexdigest()[:16]
 
 
@@ -80,6 +81,7 @@ def gguf_to_hf(gguf: Path, out: Path) -> Path:
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
     except (ValueError, OSError, KeyError, RuntimeError) as exc:
         raise ModelError(f"{gguf}: transformers cannot read this GGUF file: {exc}") from None
+    _fix_special_tokens(tokenizer, gguf)
     # A GGUF-loaded model carries the gguf "quantizer" marker; plain weights save fine in
     # transformers 4.57 (5.x refuses), but drop the marker so the folder loads as float.
     model.config.__dict__.pop("quantization_config", None)
@@ -95,6 +97,34 @@ def gguf_to_hf(gguf: Path, out: Path) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _fix_special_tokens(tokenizer: Any, gguf_path: Path) -> None:
+    """Set BOS/EOS/PAD and add-BOS from the GGUF metadata.
+
+    transformers 4.57's GGUF tokenizer conversion gets these wrong for SmolLM2 (EOS becomes
+    ``<|im_start|>`` and ``add_bos_token`` True, while the file says EOS ``<|im_end|>`` and no
+    BOS), and everything downstream (training's end-of-turn, the GGUF writer's metadata,
+    ONNX manifests) reads them from the saved tokenizer.
+    """
+    import gguf
+
+    fields = gguf.GGUFReader(str(gguf_path)).fields
+
+    def value(key: str) -> Any:
+        field = fields.get(key)
+        return field.contents() if field is not None else None
+
+    for role in ("bos", "eos"):
+        token_id = value(f"tokenizer.ggml.{role}_token_id")
+        if token_id is not None:
+            setattr(tokenizer, f"{role}_token", tokenizer.convert_ids_to_tokens(int(token_id)))
+    pad_id = value("tokenizer.ggml.padding_token_id")
+    if pad_id is not None:
+        tokenizer.pad_token = tokenizer.convert_ids_to_tokens(int(pad_id))
+    for flag in ("add_bos_token", "add_eos_token"):
+        if hasattr(tokenizer, flag):
+            setattr(tokenizer, flag, bool(value(f"tokenizer.ggml.{flag}")))
 
 
 def hf_folder(path: Path) -> Path:
