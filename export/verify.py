@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from affedge.datasets import load_dataset
-from affedge.engines.decoder import DecoderEngine, Prepared, log_softmax
+from affedge.engines.decoder import DecoderEngine, Prepared
 from affedge.errors import AffedgeError
 from affedge.evaluate import _select
 from affedge.records import Record
@@ -115,20 +115,12 @@ class TorchSource:
 
     def answer_logprobs(self, ids: list[int], prep: Prepared) -> np.ndarray:
         """log p(answer | ids) per answer, as the engines score labels."""
+        from affedge.train.llm_eval import score_answers
+
         key = (tuple(ids), tuple(map(tuple, prep.answers)))
         if key not in self._memo:
-            self._memo[key] = self._answer_logprobs(ids, prep)
+            self._memo[key] = score_answers(self.model, ids, prep.answers)
         return self._memo[key]
-
-    def _answer_logprobs(self, ids: list[int], prep: Prepared) -> np.ndarray:
-        if prep.first_only:
-            last = log_softmax(self.logits(ids)[-1])
-            return np.array([last[a[0]] for a in prep.answers])
-        scores = np.empty(len(prep.answers))
-        for i, answer in enumerate(prep.answers):
-            rows = log_softmax(self.logits(ids + answer[:-1])[len(ids) - 1 :])
-            scores[i] = sum(rows[j][tok] for j, tok in enumerate(answer))
-        return scores
 
 
 def verify(

@@ -27,6 +27,28 @@ EVAL_MAX_LENGTH = 2048
 
 
 @torch.no_grad()
+def score_answers(model: Any, ids: Sequence[int], answers: Sequence[Sequence[int]]) -> np.ndarray:
+    """log p(answer | ids) of every token continuation in ``answers``: one forward pass over
+    the prompt, then one short cached pass per multi-token answer (as the runtime scores)."""
+    device = next(model.parameters()).device
+    out = model(input_ids=torch.tensor([list(ids)], device=device), use_cache=True)
+    first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
+    scores = np.empty(len(answers))
+    for i, ans in enumerate(answers):
+        total = float(first[ans[0]])
+        if len(ans) > 1:
+            cache = copy.deepcopy(out.past_key_values)
+            step = model(
+                input_ids=torch.tensor([list(ans[:-1])], device=device),
+                past_key_values=cache,
+                use_cache=True,
+            )
+            logp = torch.log_softmax(step.logits[0].float(), dim=-1)
+            total += float(sum(logp[j, tok] for j, tok in enumerate(ans[1:])))
+        scores[i] = total
+    return scores
+
+
 def answer_logprobs(
     model: Any, fmt: ChatFormat, source: Source, record: Record, max_length: int = EVAL_MAX_LENGTH
 ) -> np.ndarray:
@@ -35,23 +57,7 @@ def answer_logprobs(
     answers = fmt.answer_tokens(spec.answers)
     longest = max(len(a) for a in answers)
     ids, _ = fmt.prompt(spec.messages, item_body(source.task, record), max_length, longest + 1)
-    device = next(model.parameters()).device
-    out = model(input_ids=torch.tensor([ids], device=device), use_cache=True)
-    first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
-    scores = np.empty(len(answers))
-    for i, ans in enumerate(answers):
-        total = float(first[ans[0]])
-        if len(ans) > 1:
-            cache = copy.deepcopy(out.past_key_values)
-            step = model(
-                input_ids=torch.tensor([ans[:-1]], device=device),
-                past_key_values=cache,
-                use_cache=True,
-            )
-            logp = torch.log_softmax(step.logits[0].float(), dim=-1)
-            total += float(sum(logp[j, tok] for j, tok in enumerate(ans[1:])))
-        scores[i] = total
-    return scores
+    return score_answers(model, ids, answers)
 
 
 def predict(
