@@ -278,8 +278,10 @@ def torch_source(ref: ModelRef, sources: dict[str, Path] | None = None) -> Path 
     manifest = folder / "affedge.json"
     if manifest.is_file():
         recorded = json.loads(manifest.read_text()).get("source")
-        if recorded and (Path(recorded) / "affedge.json").is_file():
-            return Path(recorded)
+        if recorded and any(
+            (Path(recorded) / f).is_file() for f in ("affedge.json", "config.json")
+        ):
+            return Path(recorded)  # a trained encoder folder or a HF decoder folder
     known = KNOWN_SOURCES.get(ref.name)
     return known if known is not None and known.is_dir() else None
 
