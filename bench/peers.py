@@ -278,6 +278,8 @@ def torch_source(ref: ModelRef, sources: dict[str, Path] | None = None) -> Path 
     manifest = folder / "affedge.json"
     if manifest.is_file():
         recorded = json.loads(manifest.read_text()).get("source")
+        if isinstance(recorded, dict):  # decoder exports: {"path", "hf_folder", ...}
+            recorded = recorded.get("hf_folder") or recorded.get("path")
         if recorded and any(
             (Path(recorded) / f).is_file() for f in ("affedge.json", "config.json")
         ):

@@ -159,6 +159,7 @@ def write_manifest(
         "quant": quant,
         "source": {
             "path": str(source.path),
+            "hf_folder": str(source.folder),
             "kind": source.manifest.get("kind", "hf-causal-lm"),
             "base": source.manifest.get("base"),
         },
