@@ -39,7 +39,7 @@ class EvalReport:
         return asdict(self)
 
 
-def _select(bench: Benchmark, records: list[Record]) -> tuple[list[Record], int]:
+def select_records(bench: Benchmark, records: list[Record]) -> tuple[list[Record], int]:
     """Records the benchmark scores, and how many it drops (gold outside the label set)."""
     task = TASKS[bench.task]
     kept, dropped = [], 0
@@ -67,7 +67,7 @@ def evaluate(
 ) -> EvalReport:
     """Run ``engine`` over ``bench``'s ``split`` (first ``limit`` kept records)."""
     task = TASKS[bench.task]
-    records, dropped = _select(bench, load_dataset(bench.dataset, split, root=data_dir))
+    records, dropped = select_records(bench, load_dataset(bench.dataset, split, root=data_dir))
     if limit is not None:
         records = records[:limit]
     start = time.perf_counter()

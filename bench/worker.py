@@ -67,9 +67,9 @@ def load_inputs(args: argparse.Namespace) -> tuple[list[Any], list[str] | None, 
         records = list(InputReader(args.input))[: args.n]
         return records, None, task, task.labels
     bench = get_benchmark(args.task, args.dataset)
-    from affedge.evaluate import _select
+    from affedge.evaluate import select_records
 
-    records, _ = _select(bench, load_dataset(bench.dataset, args.split, root=args.data_dir))
+    records, _ = select_records(bench, load_dataset(bench.dataset, args.split, root=args.data_dir))
     records = records[: args.n]
     return records, [str(r.labels[bench.layer]) for r in records], task, bench.label_set()
 

@@ -22,7 +22,7 @@ import numpy as np
 from affedge.datasets import load_dataset
 from affedge.engines.decoder import DecoderEngine, Prepared
 from affedge.errors import AffedgeError
-from affedge.evaluate import _select
+from affedge.evaluate import select_records
 from affedge.records import Record
 from affedge.tasks import BENCHMARKS, TASKS, get_benchmark
 
@@ -88,7 +88,7 @@ def sample_records(
     task: str, dataset: str, n: int, data_dir: Path | None, split: str = "validation"
 ) -> list[Record]:
     bench = get_benchmark(task, dataset)
-    records, _ = _select(bench, load_dataset(dataset, split, root=data_dir))
+    records, _ = select_records(bench, load_dataset(dataset, split, root=data_dir))
     if not records:
         raise AffedgeError(f"{dataset} {split}: no records to verify {task} on")
     return records[:n]
