@@ -113,6 +113,13 @@ class TorchSource:
             out = self.model(torch.tensor([ids], dtype=torch.long)).logits[0]
         return out.float().numpy()
 
+    def last_logits(self, ids: list[int]) -> np.ndarray:
+        """Next-token logits after ``ids`` (memoised like the label scores)."""
+        key = ("logits", tuple(ids))
+        if key not in self._memo:
+            self._memo[key] = self.logits(ids)[-1]
+        return self._memo[key]
+
     def answer_logprobs(self, ids: list[int], prep: Prepared) -> np.ndarray:
         """log p(answer | ids) per answer, as the engines score labels."""
         from affedge.train.llm_eval import score_answers
@@ -138,24 +145,29 @@ def verify(
     bench = get_benchmark(task_name, dataset)
     labels = list(bench.label_set())
     prep = engine.answer_tokens(task, labels)
-    agree = src_ok = art_ok = 0
-    diffs_max: list[float] = []
-    diffs_mean: list[float] = []
+    # Two phases, never interleaved: torch's and the engine's thread pools both spin-wait
+    # after each call, and alternating them item by item on a small CPU made every call
+    # wait for the other pool (seconds per item instead of milliseconds).
+    prompts = [engine.prompt_tokens(task, record, labels) for record in records]
+    src_labels = [labels[int(np.argmax(source.answer_logprobs(ids, prep)))] for ids in prompts]
+    src_logits = [source.last_logits(ids) for ids in prompts[:logit_items]]
+    diffs = [
+        np.abs(engine.next_token_logits(ids) - ref)
+        for ids, ref in zip(prompts[:logit_items], src_logits, strict=True)
+    ]
+    art_labels: list[str] = []
     times: list[float] = []
-    for i, record in enumerate(records):
-        ids = engine.prompt_tokens(task, record, labels)
-        src_label = labels[int(np.argmax(source.answer_logprobs(ids, prep)))]
+    results = iter(engine.classify(records, task, labels))
+    for _ in records:
         t0 = time.perf_counter()
-        result = next(iter(engine.classify([record], task, labels)))
+        art_labels.append(next(results).label)
         times.append(time.perf_counter() - t0)
-        gold = record.labels.get(bench.layer)
-        agree += result.label == src_label
-        src_ok += src_label == gold
-        art_ok += result.label == gold
-        if i < logit_items:
-            diff = np.abs(engine.next_token_logits(ids) - source.logits(ids)[-1])
-            diffs_max.append(float(diff.max()))
-            diffs_mean.append(float(diff.mean()))
+    gold = [record.labels.get(bench.layer) for record in records]
+    agree = sum(a == b for a, b in zip(art_labels, src_labels, strict=True))
+    src_ok = sum(a == g for a, g in zip(src_labels, gold, strict=True))
+    art_ok = sum(a == g for a, g in zip(art_labels, gold, strict=True))
+    diffs_max = [float(d.max()) for d in diffs]
+    diffs_mean = [float(d.mean()) for d in diffs]
     n = len(records)
     return VerifyReport(
         artifact=artifact,
