@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with open_engine(str(gguf_artifact), threads=args.threads) as eng:
         prep = eng.answer_tokens(task, labels)
         prompts = [eng.prompt_tokens(task, r, labels) for r in records]
-    reference = TorchSource(load_source_model(source))
+    reference = TorchSource(load_source_model(source, args.threads))
     t0 = time.perf_counter()
     ref_labels = [labels[int(np.argmax(reference.answer_logprobs(ids, prep)))] for ids in prompts]
     seconds = time.perf_counter() - t0

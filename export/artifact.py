@@ -59,10 +59,18 @@ def open_source(path: Path) -> Source:
     return Source(path=path, folder=folder, manifest=manifest)
 
 
-def load_source_model(source: Source) -> Any:
-    """The source as a float32 transformers model (the reference exports are checked on)."""
+def load_source_model(source: Source, threads: int | None = None) -> Any:
+    """The source as a float32 transformers model (the reference exports are checked on).
+
+    torch gets ``threads`` like the engines do: its OpenMP pool spin-waits, and more threads
+    than free cores made a SmolLM2 forward pass 11x slower on a busy 2-core machine.
+    """
+    import torch
+
     from affedge.train.hf_base import load_causal_lm
 
+    if threads:
+        torch.set_num_threads(threads)
     model, _ = load_causal_lm(source.folder)
     return model
 

@@ -57,7 +57,7 @@ def export_gguf(
         log(f"writing {base_type.upper()} GGUF from {source.folder}")
         base = write_gguf(source.folder, work / f"{source.name}.{base_type}.gguf", base_type)
         check_tokenizer(base, source.folder)
-        reference = TorchSource(load_source_model(source))
+        reference = TorchSource(load_source_model(source, threads))
         for quant in quants:
             with staged(out, quant) as folder:
                 target = folder / f"{source.name}.{quant}.gguf"

@@ -88,7 +88,7 @@ def export_onnx_decoder(
     with output_dir(out) as work:
         log(f"exporting {source.folder} to ONNX with optimum")
         fp32 = _optimum_export(source.folder, work / "fp32")
-        reference = TorchSource(load_source_model(source))
+        reference = TorchSource(load_source_model(source, threads))
         for quant in quants:
             with staged(out, quant) as folder:
                 target = folder / "model.onnx"
