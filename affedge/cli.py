@@ -834,6 +834,12 @@ def export_onnx_cmd(
     sample: Annotated[int, typer.Option(min=10, help="Validation items to verify on.")] = 500,
     data_dir: DataDirOpt = None,
     threads: Annotated[int, typer.Option(min=1)] = 2,
+    min_agreement: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0, max=1.0, help="Agreement floor for every artifact [default: per type]."
+        ),
+    ] = None,
 ) -> None:
     """Export to ONNX, quantize, and verify against the source model.
 
@@ -848,7 +854,9 @@ def export_onnx_cmd(
     else:
         from affedge.export.onnx_decoder import export_onnx_decoder
 
-        reports = export_onnx_decoder(model_dir, out, quants, sample, data_dir, threads, _stderr)
+        reports = export_onnx_decoder(
+            model_dir, out, quants, sample, data_dir, threads, _stderr, min_agreement
+        )
     print(json.dumps(reports, indent=2))
 
 
@@ -873,6 +881,12 @@ def export_gguf_cmd(
     sample: Annotated[int, typer.Option(min=10, help="Validation items to verify on.")] = 500,
     data_dir: DataDirOpt = None,
     threads: Annotated[int, typer.Option(min=1)] = 2,
+    min_agreement: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0, max=1.0, help="Agreement floor for every artifact [default: per type]."
+        ),
+    ] = None,
 ) -> None:
     """Write GGUF (llama, mistral, qwen2), quantize with llama.cpp, verify each artifact.
 
@@ -883,7 +897,7 @@ def export_gguf_cmd(
     from affedge.export.gguf_export import export_gguf
 
     quants = [q.strip() for q in quant.split(",") if q.strip()]
-    reports = export_gguf(model_dir, out, quants, sample, data_dir, threads, _stderr)
+    reports = export_gguf(model_dir, out, quants, sample, data_dir, threads, _stderr, min_agreement)
     print(json.dumps(reports, indent=2))
 
 

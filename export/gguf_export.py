@@ -43,6 +43,7 @@ def export_gguf(
     data_dir: Path | None = None,
     threads: int | None = None,
     log: Callable[[str], None] = print,
+    min_agreement: float | None = None,
 ) -> list[dict[str, Any]]:
     """Write, quantize and verify one GGUF artifact per quant type under ``out/<quant>/``."""
     from affedge.engines.gguf import GGUFEngine
@@ -71,7 +72,15 @@ def export_gguf(
                 log(f"verifying {quant} on {len(records)} {dataset} items ({task})")
                 with GGUFEngine(ModelRef(target.name, target, "gguf"), threads=threads) as eng:
                     report = verify(
-                        reference, eng, quant, target, task, dataset, records, LOGIT_ITEMS
+                        reference,
+                        eng,
+                        quant,
+                        target,
+                        task,
+                        dataset,
+                        records,
+                        LOGIT_ITEMS,
+                        min_agreement,
                     )
                 check_floor(report)
                 manifests.append(

@@ -72,6 +72,7 @@ def export_onnx_decoder(
     data_dir: Path | None = None,
     threads: int | None = None,
     log: Callable[[str], None] = print,
+    min_agreement: float | None = None,
 ) -> list[dict[str, Any]]:
     """Export, quantize and verify one ONNX artifact per type under ``out/<type>/``."""
     from affedge.engines.onnx_decoder import ONNXDecoderEngine
@@ -110,7 +111,17 @@ def export_onnx_decoder(
                 (folder / MANIFEST).write_text(json.dumps(runtime), encoding="utf-8")
                 log(f"verifying {quant} on {len(records)} {dataset} items ({task})")
                 eng = ONNXDecoderEngine(ModelRef(folder.name, folder, "onnx"), threads=threads)
-                report = verify(reference, eng, quant, folder, task, dataset, records, LOGIT_ITEMS)
+                report = verify(
+                    reference,
+                    eng,
+                    quant,
+                    folder,
+                    task,
+                    dataset,
+                    records,
+                    LOGIT_ITEMS,
+                    min_agreement,
+                )
                 check_floor(report)
                 manifests.append(
                     write_manifest(

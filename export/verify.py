@@ -26,22 +26,22 @@ from affedge.evaluate import select_records
 from affedge.records import Record
 from affedge.tasks import BENCHMARKS, TASKS, get_benchmark
 
-#: Agreement floors (fraction of the source's labels reproduced) per artifact type.
-#: Unquantized and 8-bit artifacts must reproduce the source almost exactly: on SmolLM2 the
-#: measured agreement was >= 99% for F16/Q8_0/fp32/int8 (bench/results/export_smollm2.md), and
-#: the items they flip sit within a hair of the decision boundary. 98% leaves room for that
-#: while a real defect (a wrong rotary layout, a swapped tensor) drops to chance. 4- and
-#: 5-bit k-quants lose real information; 90% catches a broken quantization without failing
-#: a model whose near-tied items move.
+#: Agreement floors (fraction of the source's labels reproduced) per artifact type, set from
+#: the worst case measured here: zero-shot SmolLM2-135M, whose SST-2 label margins are tiny
+#: (bench/results/export_smollm2.md). There F16 kept 100% of the labels, Q8_0 97.2% and
+#: onnxruntime's dynamic int8 88%; the items that flip sit on the decision boundary. A real
+#: defect (a wrong rotary layout, swapped tensor rows) falls to chance or below (the swapped-
+#: rows test measures < 20%). So: 99% for unquantized, 95% for 8-bit GGUF and Q6_K, 85% for
+#: ONNX dynamic int8 and 4-5-bit k-quants. `--min-agreement` sets one floor for every type.
 AGREEMENT_FLOORS: dict[str, float] = {
-    "f32": 0.98,
-    "f16": 0.98,
-    "fp32": 0.98,
-    "q8_0": 0.98,
-    "int8": 0.95,
+    "f32": 0.99,
+    "f16": 0.99,
+    "fp32": 0.99,
+    "q8_0": 0.95,
     "q6_k": 0.95,
+    "int8": 0.85,
 }
-DEFAULT_FLOOR = 0.90
+DEFAULT_FLOOR = 0.85
 
 
 def floor_for(artifact: str) -> float:
@@ -139,8 +139,10 @@ def verify(
     dataset: str,
     records: list[Record],
     logit_items: int = 0,
+    floor: float | None = None,
 ) -> VerifyReport:
-    """Compare ``engine`` (the artifact) with ``source`` on ``records``."""
+    """Compare ``engine`` (the artifact) with ``source`` on ``records``; ``floor`` replaces
+    the artifact type's default agreement floor."""
     task = TASKS[task_name]
     bench = get_benchmark(task_name, dataset)
     labels = list(bench.label_set())
@@ -176,7 +178,7 @@ def verify(
         split=records[0].split or "validation",
         n=n,
         agreement=agree / n,
-        floor=floor_for(artifact),
+        floor=floor if floor is not None else floor_for(artifact),
         source_accuracy=src_ok / n,
         artifact_accuracy=art_ok / n,
         accuracy_delta=(art_ok - src_ok) / n,

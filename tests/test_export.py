@@ -186,7 +186,7 @@ def test_a_defective_artifact_fails_verification(tiny_llama, tmp_path, data_dir)
         report = verify(TorchSource(model), eng, "f32", gguf, "polarity", "sst2", records, 2)
     assert report.agreement < 0.2
     assert report.max_abs_logit_diff > 1e-3
-    with pytest.raises(ModelError, match="below the 98% floor"):
+    with pytest.raises(ModelError, match="below the 99% floor"):
         check_floor(report)
 
 
