@@ -175,6 +175,12 @@ def test_truncated_model_file(cli, tmp_path, smollm2_path):
     assert "Traceback" not in res.stderr and not (tmp_path / "out.jsonl").exists()
 
 
+def _default_sigint() -> None:
+    # A shell starts background jobs with SIGINT ignored and children inherit that; a user's
+    # Ctrl-C reaches a foreground run, which is what this test stands for.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(args, cwd):
     return subprocess.Popen(
         [sys.executable, "-m", "affedge.cli", *map(str, args)],
@@ -182,6 +188,7 @@ def _start(args, cwd):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=_default_sigint,
     )
 
 
