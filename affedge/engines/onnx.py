@@ -11,6 +11,7 @@ import json
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from itertools import islice
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,11 +32,24 @@ def _softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
+def cpu_session(model_file: Path, threads: int | None) -> Any:
+    """An onnxruntime CPU session with ``threads`` intra-op threads; ModelError if the file
+    cannot be loaded (shared by the encoder and decoder backends)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or os.cpu_count() or 1
+    options.inter_op_num_threads = 1
+    try:
+        return ort.InferenceSession(str(model_file), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
+        raise ModelError(f"{model_file}: onnxruntime cannot load it ({exc})") from None
+
+
 class ONNXEncoderEngine(Engine):
     """An exported multi-task encoder folder (``affedge.json`` + ``*.onnx`` + tokenizer)."""
 
     def __init__(self, ref: ModelRef, threads: int | None = None, batch_size: int = 32) -> None:
-        import onnxruntime as ort
 
         folder = ref.path if ref.path.is_dir() else ref.path.parent
         manifest_path = folder / MANIFEST
@@ -60,15 +74,7 @@ class ONNXEncoderEngine(Engine):
         self.context_turns = int(self.manifest["context_turns"])
         self.heads: dict[str, dict[str, Any]] = self.manifest["heads"]
         self._tokenizer = EncoderTokenizer(folder / "tokenizer.json", self.manifest["max_length"])
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or os.cpu_count() or 1
-        options.inter_op_num_threads = 1
-        try:
-            self._session = ort.InferenceSession(
-                str(model_file), options, providers=["CPUExecutionProvider"]
-            )
-        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
-            raise ModelError(f"{model_file}: onnxruntime cannot load it ({exc})") from None
+        self._session = cpu_session(model_file, threads)
         self._outputs = list(self.heads)
 
     def _batches(self, records: Iterable[Record]) -> Iterator[tuple[list[bool], dict]]:

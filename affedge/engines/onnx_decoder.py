@@ -11,7 +11,6 @@ model file, chat template, special tokens, window), the ``.onnx`` file and
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from affedge.engines.decoder import DecoderEngine, Prepared, compile_chat_template, log_softmax
+from affedge.engines.onnx import cpu_session
 from affedge.errors import ModelError
 from affedge.models import ModelRef
 
@@ -43,7 +43,6 @@ class ONNXDecoderEngine(DecoderEngine):
     def __init__(
         self, ref: ModelRef, threads: int | None = None, context_turns: int | None = None
     ) -> None:
-        import onnxruntime as ort
         from tokenizers import Tokenizer
 
         folder = ref.path if ref.path.is_dir() else ref.path.parent
@@ -70,15 +69,7 @@ class ONNXDecoderEngine(DecoderEngine):
         template = self.manifest.get("chat_template")
         self._template = compile_chat_template(template) if template else None
         self._init_prompt_cache()
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or os.cpu_count() or 1
-        options.inter_op_num_threads = 1
-        try:
-            self._session = ort.InferenceSession(
-                str(model_file), options, providers=["CPUExecutionProvider"]
-            )
-        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
-            raise ModelError(f"{model_file}: onnxruntime cannot load it ({exc})") from None
+        self._session = cpu_session(model_file, threads)
         self._inputs = {i.name for i in self._session.get_inputs()}
 
     def _tokens(self, text: str, special: bool) -> list[int]:
