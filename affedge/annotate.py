@@ -1,4 +1,9 @@
-"""The Python API: ``affedge.load(model).classify(texts, task=...)``, mirroring the CLI."""
+"""The Python API: ``affedge.load(model).classify(texts, task=...)``, mirroring the CLI.
+
+Everything goes through the same loop as the CLI (:mod:`affedge.runner`): ``annotate`` gives
+the CLI's output rows for any command and task (``task="all"``, negotiation), and
+:func:`annotate_file` is `affedge classify|score|negotiate` as a function.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +12,12 @@ from typing import Any
 
 from affedge.engines import Engine, LabelResult, ScoreResult, open_engine
 from affedge.errors import InputError
-from affedge.io import _context, record_id
+from affedge.io import _context
 from affedge.models import ModelRef, resolve_model
+from affedge.negotiate import DEFAULT_MAX_ROUNDS
 from affedge.records import Record
-from affedge.tasks import get_task
+from affedge.runner import Job, annotate_file, results
+from affedge.tasks import ALL_TASKS, get_task
 
 Item = str | Mapping[str, Any] | Record
 
@@ -37,32 +44,6 @@ def as_records(items: Iterable[Item]) -> Iterator[Record]:
         yield as_record(item, number)
 
 
-def output_row(
-    record: Record, task: str, model: str, fields: dict[str, Any], truncated: bool = False
-) -> dict[str, Any]:
-    """One output record (the CLI's JSONL schema): id, text, task, the result's fields, model,
-    and ``truncated`` only when the item was cut to fit the model."""
-    row = {"id": record_id(record), "text": record.text, "task": task, **fields, "model": model}
-    if truncated:
-        row["truncated"] = True
-    return row
-
-
-def label_row(record: Record, task: str, result: LabelResult, model: str) -> dict[str, Any]:
-    fields = {"label": result.label, "probs": result.probs}
-    return output_row(record, task, model, fields, result.truncated)
-
-
-def score_row(record: Record, task: str, result: ScoreResult, model: str) -> dict[str, Any]:
-    return output_row(record, task, model, {"score": result.score}, result.truncated)
-
-
-def all_heads_row(record: Record, task: str, result: dict[str, Any], model: str) -> dict[str, Any]:
-    """`--task all`: every head of a multi-head encoder."""
-    fields = {k: v for k, v in result.items() if k != "truncated"}
-    return output_row(record, task, model, fields, bool(result.get("truncated")))
-
-
 class Annotator:
     """A loaded model ready to classify and score text.
 
@@ -71,7 +52,7 @@ class Annotator:
     """
 
     def __init__(self, model: str | ModelRef | None = None, threads: int | None = None) -> None:
-        self.ref = model if isinstance(model, ModelRef) else resolve_model(model)
+        self.ref = resolve_model(model)
         self.engine: Engine = open_engine(self.ref, threads=threads)
 
     @property
@@ -80,13 +61,17 @@ class Annotator:
 
     def iter_classify(
         self, items: Iterable[Item], task: str = "sentiment", labels: Sequence[str] | None = None
-    ) -> Iterator[LabelResult]:
-        """Lazily classify ``items``; results come in input order."""
+    ) -> Iterator[Any]:
+        """Lazily classify ``items``; results come in input order. ``task="all"`` gives a dict
+        of every head per item (multi-head encoders)."""
+        if task == ALL_TASKS:
+            Job(task=ALL_TASKS).check_engine(self.engine)
+            return self.engine.analyze(as_records(items))
         return self.engine.classify(as_records(items), get_task(task, "classify"), labels)
 
     def classify(
         self, items: Iterable[Item], task: str = "sentiment", labels: Sequence[str] | None = None
-    ) -> list[LabelResult]:
+    ) -> list[Any]:
         """Label probabilities for every item (``result.label``, ``result.probs``)."""
         return list(self.iter_classify(items, task, labels))
 
@@ -96,6 +81,32 @@ class Annotator:
     def score(self, items: Iterable[Item], task: str = "valence") -> list[ScoreResult]:
         """An intensity in [0, 1] for every item (``result.score``)."""
         return list(self.iter_score(items, task))
+
+    def annotate(
+        self,
+        items: Iterable[Item],
+        task: str = "sentiment",
+        command: str = "classify",
+        labels: Sequence[str] | None = None,
+        **options: Any,
+    ) -> Iterator[dict[str, Any]]:
+        """The CLI's output rows (``id``, ``text``, ``task``, ``label``/``probs``/``score``...)
+        for ``command`` (classify, score, negotiate); ``options``: ``max_rounds``, ``trace``,
+        ``agree_threshold`` for negotiation."""
+        job = Job(command, task, tuple(labels) if labels else None, **options)
+        return results(self.engine, as_records(items), job)
+
+    def negotiate(
+        self,
+        items: Iterable[Item],
+        task: str = "emotion",
+        labels: Sequence[str] | None = None,
+        max_rounds: int = DEFAULT_MAX_ROUNDS,
+        trace: bool = False,
+    ) -> list[dict[str, Any]]:
+        """SANM negotiation (generative models): rows with ``label``, ``rounds``, ``consensus``."""
+        rows = self.annotate(items, task, "negotiate", labels, max_rounds=max_rounds, trace=trace)
+        return list(rows)
 
     def close(self) -> None:
         self.engine.close()
@@ -110,3 +121,6 @@ class Annotator:
 def load(model: str | None = None, threads: int | None = None) -> Annotator:
     """Load a model by built-in name or local path (None: the default model)."""
     return Annotator(model, threads=threads)
+
+
+__all__ = ["Annotator", "LabelResult", "ScoreResult", "annotate_file", "as_records", "load"]

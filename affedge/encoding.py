@@ -15,11 +15,13 @@ import numpy as np
 
 from affedge.records import Record
 
-DEFAULT_CONTEXT_TURNS = 3
+#: Dialogue turns an encoder input pairs with the utterance (decoder prompts show more:
+#: :data:`affedge.prompts.DECODER_CONTEXT_TURNS`).
+ENCODER_CONTEXT_TURNS = 3
 TURN_SEPARATOR = " | "
 
 
-def text_pair(record: Record, context_turns: int = DEFAULT_CONTEXT_TURNS) -> str | tuple[str, str]:
+def text_pair(record: Record, context_turns: int = ENCODER_CONTEXT_TURNS) -> str | tuple[str, str]:
     """The encoder input of ``record``: its text, or (text, context) when it has context."""
     text = f"{record.text} (aspect: {record.aspect})" if record.aspect else record.text
     if context_turns <= 0 or not record.context:
@@ -42,7 +44,7 @@ class EncoderTokenizer:
         self.tokenizer.enable_padding(pad_id=pad_id if pad_id is not None else 0)
 
     def encode(
-        self, records: Sequence[Record], context_turns: int = DEFAULT_CONTEXT_TURNS
+        self, records: Sequence[Record], context_turns: int = ENCODER_CONTEXT_TURNS
     ) -> tuple[dict[str, np.ndarray], list[bool]]:
         """Model inputs (int64, padded to the longest) and whether each item was truncated."""
         encodings = self.tokenizer.encode_batch([text_pair(r, context_turns) for r in records])
@@ -54,7 +56,7 @@ class EncoderTokenizer:
         return inputs, [bool(e.overflowing) for e in encodings]
 
     def __call__(
-        self, records: Sequence[Record], context_turns: int = DEFAULT_CONTEXT_TURNS
+        self, records: Sequence[Record], context_turns: int = ENCODER_CONTEXT_TURNS
     ) -> dict[str, np.ndarray]:
         """``input_ids``, ``attention_mask``, ``token_type_ids`` (int64, padded to the longest)."""
         return self.encode(records, context_turns)[0]

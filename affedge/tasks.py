@@ -1,7 +1,9 @@
-"""The one registry of affect tasks: labels, progressive instructions, metrics, benchmarks.
+"""The one registry of affect tasks: labels, progressive instructions, metrics, encoder heads.
 
 Training, export checks, the runtime and evaluation all read this module; nothing else in the
-project spells out a label set, an instruction or a metric name.
+project spells out a task's label set or instruction. Which dataset evaluates (and trains) which
+task with which metric is the benchmark table, :mod:`affedge.benchmarks`; its ``Benchmark``,
+``BENCHMARKS`` and ``get_benchmark`` can also be imported from here.
 
 Instructions follow the progressive levels of GSA (papers/gsa-progressive-tuning.md, section
 4.1): sentence-level sentiment analysis looks at the semantics of the sentence (SA);
@@ -11,10 +13,13 @@ the incongruity between the two and in the wording (SD).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
 
 from affedge.errors import AffedgeError
+
+if TYPE_CHECKING:  # re-exported lazily by __getattr__ below (affedge.benchmarks imports us)
+    from affedge.benchmarks import BENCHMARKS, Benchmark, get_benchmark  # noqa: F401
 
 Level = Literal["SA", "ERC", "SD"]
 Kind = Literal["classify", "score"]
@@ -65,6 +70,9 @@ class Task:
 
 
 _EKMAN_NEUTRAL = ("neutral", "joy", "surprise", "anger", "sadness", "disgust", "fear")
+
+#: The emotions with an intensity task each (SemEval-2018 EI-reg), one encoder head for all.
+INTENSITY_EMOTIONS: tuple[str, ...] = ("anger", "fear", "joy", "sadness")
 
 
 def _intensity(emotion: str) -> Task:
@@ -140,7 +148,7 @@ TASKS: dict[str, Task] = {
             scale="0 means very negative and 9 means very positive",
             metric="pearson",
         ),
-        *(_intensity(e) for e in ("anger", "fear", "joy", "sadness")),
+        *(_intensity(e) for e in INTENSITY_EMOTIONS),
     )
 }
 
@@ -158,129 +166,6 @@ def get_task(name: str, kind: Kind | None = None) -> Task:
     if task is None or (kind is not None and task.kind != kind):
         raise AffedgeError(f"unknown task {name!r}: choose one of {', '.join(choices)}")
     return task
-
-
-@dataclass(frozen=True)
-class Benchmark:
-    """A task evaluated on one dataset with the metric its literature reports.
-
-    ``layer`` is the gold annotation read from each record (``Record.labels`` for
-    classification, ``Record.scores`` for score tasks); ``labels`` overrides the task's label
-    set where the dataset has its own; ``where`` keeps only records whose label layers have
-    these values. Records whose gold label is outside the label set (SemEval-2014 "conflict")
-    are dropped and counted.
-    """
-
-    task: str
-    dataset: str
-    layer: str
-    metric: str
-    labels: tuple[str, ...] | None = None
-    where: dict[str, str] = field(default_factory=dict)
-    extra_metrics: tuple[str, ...] = ()
-    positive: str | None = None
-    note: str = ""
-
-    @property
-    def name(self) -> str:
-        return f"{self.task}/{self.dataset}"
-
-    def label_set(self) -> tuple[str, ...]:
-        return self.labels if self.labels is not None else TASKS[self.task].labels
-
-
-BENCHMARKS: tuple[Benchmark, ...] = (
-    Benchmark("polarity", "sst2", "sentiment", "accuracy", extra_metrics=("macro_f1",)),
-    Benchmark(
-        "sentiment",
-        "tweet_eval_sentiment",
-        "sentiment",
-        "macro_recall",
-        extra_metrics=("accuracy", "macro_f1"),
-    ),
-    Benchmark("sentiment", "meld", "sentiment", "weighted_f1", extra_metrics=("accuracy",)),
-    Benchmark("emotion", "meld", "emotion", "weighted_f1", extra_metrics=("accuracy",)),
-    Benchmark(
-        "emotion",
-        "emorynlp",
-        "emotion",
-        "weighted_f1",
-        labels=("neutral", "joyful", "peaceful", "powerful", "scared", "mad", "sad"),
-        extra_metrics=("accuracy",),
-    ),
-    Benchmark(
-        "emotion",
-        "dailydialog",
-        "emotion",
-        "micro_f1_no_neutral",
-        extra_metrics=("weighted_f1", "accuracy"),
-        note="micro-F1 over the emotion classes, neutral excluded, as the ERC literature does",
-    ),
-    Benchmark(
-        "emotion",
-        "tweet_eval_emotion",
-        "emotion",
-        "macro_f1",
-        labels=("anger", "joy", "optimism", "sadness"),
-        extra_metrics=("accuracy",),
-    ),
-    Benchmark(
-        "sarcasm",
-        "mustard",
-        "sarcasm",
-        "weighted_f1",
-        extra_metrics=("accuracy", "f1_positive"),
-        positive="sarcastic",
-    ),
-    Benchmark(
-        "sarcasm",
-        "mustard_plus_plus",
-        "sarcasm",
-        "weighted_f1",
-        extra_metrics=("accuracy", "f1_positive"),
-        positive="sarcastic",
-    ),
-    Benchmark(
-        "sarcasm",
-        "tweet_eval_irony",
-        "irony",
-        "f1_positive",
-        labels=("ironic", "not ironic"),
-        extra_metrics=("accuracy", "macro_f1"),
-        positive="ironic",
-    ),
-    *(
-        Benchmark(
-            "implicit",
-            f"semeval2014_{domain}",
-            "sentiment",
-            "macro_f1",
-            where={"implicit": "implicit"},
-            extra_metrics=("accuracy",),
-            note="implicit-sentiment aspect terms only; conflict terms dropped",
-        )
-        for domain in ("laptops", "restaurants")
-    ),
-    Benchmark("valence", "semeval2018_v_reg", "valence", "pearson", extra_metrics=("spearman",)),
-    Benchmark("valence", "emobank", "valence", "pearson", extra_metrics=("spearman",)),
-    *(
-        Benchmark(e, f"semeval2018_ei_{e}", e, "pearson", extra_metrics=("spearman",))
-        for e in ("anger", "fear", "joy", "sadness")
-    ),
-)
-
-
-def get_benchmark(task: str, dataset: str) -> Benchmark:
-    """The benchmark of ``task`` on ``dataset``; clear error listing what exists otherwise."""
-    get_task(task)
-    for bench in BENCHMARKS:
-        if bench.task == task and bench.dataset == dataset:
-            return bench
-    known = [b.dataset for b in BENCHMARKS if b.task == task]
-    raise AffedgeError(
-        f"no benchmark of task {task!r} on dataset {dataset!r}: "
-        f"datasets for {task}: {', '.join(known)}"
-    )
 
 
 # ------------------------------------------------------------------ multi-head encoders
@@ -314,21 +199,20 @@ EMOTION_LABELS: tuple[str, ...] = (
     "optimism",
 )
 
+
+def _alphabetical(task: str) -> tuple[str, ...]:
+    """A task's labels in the alphabetical order trained encoders output them in."""
+    return tuple(sorted(TASKS[task].labels))
+
+
 HEADS: dict[str, Head] = {
     h.name: h
     for h in (
-        Head(
-            "sentiment", "classify", ("negative", "neutral", "positive"), ("sentiment", "polarity")
-        ),
+        Head("sentiment", "classify", _alphabetical("sentiment"), ("sentiment", "polarity")),
         Head("emotion", "classify", EMOTION_LABELS, ("emotion",)),
-        Head("sarcasm", "classify", ("not sarcastic", "sarcastic"), ("sarcasm",)),
+        Head("sarcasm", "classify", _alphabetical("sarcasm"), ("sarcasm",)),
         Head("valence", "regress", ("valence",), ("valence",)),
-        Head(
-            "intensity",
-            "regress",
-            ("anger", "fear", "joy", "sadness"),
-            ("anger", "fear", "joy", "sadness"),
-        ),
+        Head("intensity", "regress", INTENSITY_EMOTIONS, INTENSITY_EMOTIONS),
     )
 }
 
@@ -342,3 +226,17 @@ def head_for_task(task: str) -> Head:
         if task in head.tasks:
             return head
     raise AffedgeError(f"no encoder head answers task {task!r}")
+
+
+_FROM_BENCHMARKS = ("BENCHMARKS", "Benchmark", "get_benchmark")
+
+
+def __getattr__(name: str) -> Any:
+    """``Benchmark``, ``BENCHMARKS`` and ``get_benchmark`` from :mod:`affedge.benchmarks`,
+    imported on first use: that module imports this one, so a top-level import would be a cycle.
+    """
+    if name in _FROM_BENCHMARKS:
+        from affedge import benchmarks
+
+        return getattr(benchmarks, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -10,10 +10,10 @@ Every run trains the same encoder on the same data, steps and seed with one swit
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from affedge.artifact import Manifest
 from affedge.bench.reporting import write_report
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -26,7 +26,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     runs = []
     for folder in args.runs:
-        manifest = json.loads((folder / "affedge.json").read_text())
+        manifest = Manifest.read(folder).to_dict()
         hp = manifest["hyper_parameters"]
         runs.append(
             {

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from affedge.bench.reporting import save_figure
 from affedge.errors import AffedgeError
 from affedge.tasks import BENCHMARKS, Benchmark
 
@@ -148,11 +149,7 @@ def plot_confusion(confusion: dict[str, dict[str, int]], title: str, path: Path)
             color = "white" if grid[i, j] > top / 2 else "black"
             ax.text(j, i, str(grid[i, j]), ha="center", va="center", fontsize=7, color=color)
     fig.colorbar(im, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def eval_points(result: dict[str, Any]) -> list[dict[str, Any]]:

@@ -13,13 +13,13 @@ the artifacts, not tokenization.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from affedge.artifact import ArtifactKind
 from affedge.bench.reporting import stamp, write_report
 from affedge.engines import open_engine
 from affedge.export.artifact import load_source_model, open_source
@@ -47,7 +47,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
 
     # Reference: transformers fp32 on the token ids of the first GGUF artifact's engine.
-    gguf_artifact = next(a for a in args.artifacts if resolve_model(a).format == "gguf")
+    gguf_artifact = next(
+        a for a in args.artifacts if resolve_model(a).kind == ArtifactKind.LLM_GGUF.value
+    )
     source = open_source(args.source)
     with open_engine(str(gguf_artifact), threads=args.threads) as eng:
         prep = eng.answer_tokens(task, labels)
@@ -62,13 +64,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     for artifact in args.artifacts:
         ref = resolve_model(artifact)
-        manifest = json.loads((Path(artifact) / "affedge.json").read_text())
         with open_engine(ref, threads=args.threads) as eng:
             next(iter(eng.classify(records[:1], task, labels)))  # warm-up (head KV, pages)
             t0 = time.perf_counter()
             got = [res.label for res in eng.classify(records, task, labels)]
             seconds = time.perf_counter() - t0
-        name = f"{ref.format.upper()} {manifest['quant']}"
+        assert ref.manifest is not None, f"{artifact}: not an exported artifact"
+        name = f"{ref.format.upper()} {ref.manifest.quant}"
         rows.append(_row(name, ref.format, _size(ref.path), got, ref_labels, gold, seconds))
     base = rows[0]["items_per_s"]
     for row in rows:

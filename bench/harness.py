@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from affedge.bench.reporting import save_figure
 from affedge.errors import AffedgeError
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -396,11 +397,7 @@ def plot_quality_speed(
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def bench_points(report: dict[str, Any]) -> list[dict[str, Any]]:

@@ -19,15 +19,13 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
-import numpy as np
-
+from affedge.artifact import ArtifactKind, Manifest, has_manifest
 from affedge.engines import Engine, LabelResult, ScoreResult, open_engine
 from affedge.errors import AffedgeError, ModelError
 from affedge.models import ModelRef, resolve_model
 from affedge.records import Record
-from affedge.tasks import HEADS, Task
+from affedge.tasks import Task
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -146,12 +144,13 @@ class GenerationEngine(_NoScores):
 
 
 class TorchCausalEngine(_NoScores):
-    """Label-logit classification with transformers fp32 weights of a decoder, on the exact
-    prompt token ids of affedge's decoder engine (tokenized once by that engine, which is
-    then closed), scored by the same rule: ``log p(answer tokens | prompt)``.
+    """Label-logit classification with transformers fp32 weights of a decoder: prompts built
+    by the one prompt builder on affedge's engine's own tokenizer (the exact ids that engine
+    feeds), scored by the project's torch scorer (:class:`affedge.train.llm_eval.TorchScorer`):
+    ``log p(answer tokens | prompt)``.
 
     Batched with left padding; each item is a full forward pass over its whole prompt (no
-    prefix KV cache: how transformers is used for classification).
+    prefix KV cache shared between items: how transformers is used for classification).
     """
 
     probabilistic = True
@@ -161,111 +160,49 @@ class TorchCausalEngine(_NoScores):
     ) -> None:
         import torch
 
+        from affedge.engines.decoder import DecoderEngine
         from affedge.train.hf_base import load_causal_lm
+        from affedge.train.llm_eval import TorchScorer
 
         if threads:
             torch.set_num_threads(threads)
-        self._torch = torch
         self._tokenizer_engine = open_engine(ref, threads=1)
+        if not isinstance(self._tokenizer_engine, DecoderEngine):
+            raise ModelError(f"{ref.name}: the transformers peer needs a decoder model")
         self._model, _ = load_causal_lm(weights or ref.path)
         self._model.eval()
         self.name = f"transformers:{ref.name}"
         self.batch_size = batch_size
         config = self._model.config
         self.pad_id = config.pad_token_id if config.pad_token_id is not None else 0
+        eng = self._tokenizer_engine
+        self._scorer = TorchScorer(
+            self._model,
+            eng.tokenizer,
+            name=self.name,
+            window=eng.n_ctx,
+            context_turns=eng.context_turns,
+            batch_size=batch_size,
+            pad_id=self.pad_id,
+        )
 
     def prompts(self, records: Sequence[Record], task: Task, labels: Sequence[str] | None):
-        """Prompt ids of ``records`` and the tokenized answers, from affedge's engine."""
-        eng = self._tokenizer_engine
-        prep = eng.answer_tokens(task, labels) if hasattr(eng, "answer_tokens") else None
-        if prep is None:
-            prep = eng._task_prompt(task, labels)[1]  # type: ignore[attr-defined]
-        return [eng.prompt_tokens(task, r, labels) for r in records], prep  # type: ignore[attr-defined]
-
-    def _last_logprobs(self, batch: list[list[int]]) -> np.ndarray:
-        torch = self._torch
-        width = max(len(p) for p in batch)
-        ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for i, p in enumerate(batch):
-            ids[i, width - len(p) :] = torch.tensor(p)
-            mask[i, width - len(p) :] = 1
-        position = (mask.cumsum(-1) - 1).clamp(min=0)
-        with torch.no_grad():
-            out = self._model(
-                input_ids=ids, attention_mask=mask, position_ids=position, logits_to_keep=1
-            )
-        return torch.log_softmax(out.logits[:, -1].double(), dim=-1).numpy()
-
-    def _continuation(self, prompt: list[int], answer: list[int]) -> float:
-        """log p(answer | prompt) by one teacher-forced pass (multi-token answers only)."""
-        torch = self._torch
-        ids = torch.tensor([prompt + answer[:-1]])
-        with torch.no_grad():
-            logits = self._model(input_ids=ids, logits_to_keep=len(answer)).logits[0]
-        logp = torch.log_softmax(logits.double(), dim=-1)
-        return float(sum(logp[j, tok] for j, tok in enumerate(answer)))
+        """Prompt ids of ``records`` and the tokenized answers (what affedge's engine feeds)."""
+        ids = [self._scorer.build(task, r, labels).ids for r in records]
+        return ids, self._scorer.prompts.task_prompt(task, labels)[1]
 
     def classify(
         self, records: Iterable[Record], task: Task, labels: Sequence[str] | None = None
     ) -> Iterator[LabelResult]:
-        names = tuple(labels or task.labels)
-        items = list(records)
-        for start in range(0, len(items), self.batch_size):
-            prompts, prep = self.prompts(items[start : start + self.batch_size], task, labels)
-            if prep.first_only:
-                first = self._last_logprobs(prompts)
-                scores = first[:, [a[0] for a in prep.answers]]
-            else:
-                scores = np.array(
-                    [[self._continuation(p, a) for a in prep.answers] for p in prompts]
-                )
-            probs = np.exp(scores - scores.max(axis=1, keepdims=True))
-            probs /= probs.sum(axis=1, keepdims=True)
-            for row in probs:
-                yield LabelResult({n: float(p) for n, p in zip(names, row, strict=True)})
+        return self._scorer.classify(records, task, labels)
 
     def close(self) -> None:
         self._tokenizer_engine.close()
 
 
 def _torch_encoder(ref: ModelRef, source: Path, threads: int | None) -> Engine:
-    """The ONNX encoder engine's head logic on the torch source model (same weights, fp32)."""
-    import torch
-
-    from affedge.encoding import EncoderTokenizer
-    from affedge.engines.onnx import ONNXEncoderEngine
-    from affedge.train.encoder import load_trained
-
-    if threads:
-        torch.set_num_threads(threads)
-    model, manifest = load_trained(source)
-    model.eval()
-
-    class TorchEncoderEngine(ONNXEncoderEngine):
-        probabilistic = True
-
-        def __init__(self) -> None:  # no onnxruntime session: only the head logic is reused
-            self.name = f"transformers:{ref.name}"
-            self.path = source
-            self.manifest = manifest
-            self.batch_size = 32
-            self.context_turns = int(manifest["context_turns"])
-            self.heads = manifest["heads"]
-            self._tokenizer = EncoderTokenizer(source / "tokenizer.json", manifest["max_length"])
-            self._outputs = list(self.heads)
-
-        def _batches(self, records):
-            from itertools import islice
-
-            it = iter(records)
-            while batch := list(islice(it, self.batch_size)):
-                inputs, truncated = self._tokenizer.encode(batch, self.context_turns)
-                with torch.no_grad():
-                    outs = model(**{k: torch.from_numpy(v) for k, v in inputs.items()})
-                yield truncated, {h: o.numpy() for h, o in zip(HEADS, outs, strict=True)}
-
-    return TorchEncoderEngine()
+    """The ONNX encoder's torch source (same weights, fp32) on the torch-encoder backend."""
+    return open_engine(ModelRef.from_path(source, name=f"transformers:{ref.name}"), threads)
 
 
 def torch_source(ref: ModelRef, sources: dict[str, Path] | None = None) -> Path | None:
@@ -274,14 +211,12 @@ def torch_source(ref: ModelRef, sources: dict[str, Path] | None = None) -> Path 
     for key in (ref.name, str(ref.path)):
         if key in sources:
             return Path(sources[key])
-    folder = ref.path if ref.path.is_dir() else ref.path.parent
-    manifest = folder / "affedge.json"
-    if manifest.is_file():
-        recorded = json.loads(manifest.read_text()).get("source")
+    if ref.manifest is not None:
+        recorded = ref.manifest.info.get("source")
         if isinstance(recorded, dict):  # decoder exports: {"path", "hf_folder", ...}
             recorded = recorded.get("hf_folder") or recorded.get("path")
-        if recorded and any(
-            (Path(recorded) / f).is_file() for f in ("affedge.json", "config.json")
+        if isinstance(recorded, str) and (
+            has_manifest(Path(recorded)) or (Path(recorded) / "config.json").is_file()
         ):
             return Path(recorded)  # a trained encoder folder or a HF decoder folder
     known = KNOWN_SOURCES.get(ref.name)
@@ -301,32 +236,32 @@ def open_system(
     if kind == "affedge":
         return open_engine(ref, threads=threads)
     if kind == "generation":
-        if ref.format != "gguf":
+        if ref.kind != ArtifactKind.LLM_GGUF.value:
             raise ModelError(f"{spec}: generation peer needs a GGUF model")
         return GenerationEngine(ref, threads)
     if kind == "transformers":
-        if ref.format == "gguf":
+        if ref.kind == ArtifactKind.LLM_GGUF.value:
             return TorchCausalEngine(ref, threads)
         source = torch_source(ref, sources)
         if source is None:
             raise ModelError(f"{spec}: no torch source folder known: pass --source NAME=PATH")
-        if (source / "affedge.json").is_file() and "heads" in json.loads(
-            (source / "affedge.json").read_text()
-        ):
+        source_ref = ModelRef.from_path(source)
+        if source_ref.kind == ArtifactKind.ENCODER_TORCH.value:
             return _torch_encoder(ref, source, threads)
         return TorchCausalEngine(ref, threads, weights=source)
     raise AffedgeError(f"unknown system {spec!r}: affedge:M, vader, textblob, transformers:M, ...")
 
 
 def peer_specs(model: str, fmt: str, peers: Sequence[str], has_source: bool) -> list[str]:
-    """The peer systems of ``model`` (format ``fmt``) among ``peers`` that apply to it."""
+    """The peer systems of ``model`` (``ModelRef.format``) among ``peers`` that apply to it."""
+    gguf = fmt == "gguf"
     out = []
     for peer in peers:
         if peer in ("vader", "textblob"):
             continue  # model-independent: benchmarked once per run
-        if peer == "generation" and fmt != "gguf":
+        if peer == "generation" and not gguf:
             continue
-        if peer == "transformers" and fmt != "gguf" and not has_source:
+        if peer == "transformers" and not gguf and not has_source:
             continue
         out.append(f"{peer}:{model}")
     return out
@@ -367,9 +302,9 @@ def forward_tokens(
     return None
 
 
-def _encoder_config_params(folder: Path, manifest: dict[str, Any]) -> int | None:
+def _encoder_config_params(folder: Path, manifest: Manifest) -> int | None:
     """Matmul weights of a BERT-style encoder from its config: L x (4 d^2 + 2 d ff)."""
-    for candidate in (folder / "config.json", Path(str(manifest.get("base", ""))) / "config.json"):
+    for candidate in (folder / "config.json", Path(manifest.base or "") / "config.json"):
         if candidate.is_file():
             cfg = json.loads(candidate.read_text())
             d, ff, layers = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"]
@@ -402,7 +337,7 @@ def forward_params(engine: Engine) -> int | None:
             if "embed_tokens" not in name and "lm_head" not in name
         )
     manifest = getattr(engine, "manifest", None)
-    if isinstance(manifest, dict) and "heads" in manifest:
+    if isinstance(manifest, Manifest) and manifest.heads:
         return _encoder_config_params(Path(engine.path).parent, manifest) or (
             _encoder_config_params(Path(engine.path), manifest)
         )

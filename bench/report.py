@@ -146,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not args.skip_eval:
         for model in models:
             ref = resolve_model(model)
-            limit = args.eval_limit if ref.format == "onnx" and _is_encoder(ref) else None
+            limit = args.eval_limit if ref.manifest is not None and ref.manifest.heads else None
             limit = limit or args.eval_limit_decoder
             limits[ref.name] = limit
             _log(f"eval --all {ref.name} (limit {limit})")
@@ -160,14 +160,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     }
     markdown = summary_markdown({**report, "evals": evals})
     write_report(args.out / "report", report, markdown)
-
-
-def _is_encoder(ref: Any) -> bool:
-    import json
-
-    folder = ref.path if ref.path.is_dir() else ref.path.parent
-    manifest = folder / "affedge.json"
-    return manifest.is_file() and "heads" in json.loads(manifest.read_text())
 
 
 if __name__ == "__main__":

@@ -63,3 +63,14 @@ def stamp(name: str, argv: list[str] | None, *packages: str) -> dict[str, Any]:
         "command": f"python -m affedge.bench.{name} " + shlex.join(argv or sys.argv[1:]),
         "machine": machine_info(*packages),
     }
+
+
+def save_figure(fig: Any, path: Path) -> Path:
+    """Lay out, write and close a matplotlib figure (the folder is created)."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -23,16 +23,22 @@ from typing import Any
 
 import torch
 
-from affedge.train.llm_common import MANIFEST, resolve_base
+from affedge.artifact import Manifest
+from affedge.benchmarks import report_targets
+from affedge.tasks import TASKS
+from affedge.train.llm_common import resolve_base
 from affedge.train.llm_eval import evaluate_source
 from affedge.train.lora import LoraSettings, add_lora, load_adapter_state, load_base
+from affedge.train.progressive import STAGES
 from affedge.train.sft_data import ChatFormat, find_source, load_records
 
-#: The stage benchmarks the GSA paper reports for SmolLM2's budget run.
+#: stage -> (dataset, level) of the benchmark the GSA paper reports for the stage: the
+#: benchmark table's ``train_report`` row at the stage's level.
 HEADLINE: dict[str, tuple[str, str]] = {
-    "sa": ("sst2", "SA"),
-    "erc": ("meld", "ERC"),
-    "sd": ("mustard", "SD"),
+    stage: (b.dataset, level)
+    for stage, level in STAGES.items()
+    for b in report_targets("train_report")
+    if TASKS[b.task].level == level
 }
 
 
@@ -54,7 +60,7 @@ def stage_models(run: Path, manifest: dict[str, Any]):
 def report(run: Path, limit: int, seed: int, data_dir: str | None) -> dict[str, Any]:
     from safetensors.torch import load_file
 
-    manifest = json.loads((run / MANIFEST).read_text())
+    manifest = Manifest.read(run).to_dict()
     stages = [s["stage"] for s in manifest["stages"]]
     sources = {s: find_source(*HEADLINE[s]) for s in stages if s in HEADLINE}
     tests = {s: load_records(src, "test", limit, seed, data_dir) for s, src in sources.items()}

@@ -20,11 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from affedge.artifact import ArtifactKind, Manifest, has_manifest
 from affedge.errors import ModelError
 from affedge.export.verify import VerifyReport
 from affedge.train.hf_base import hf_folder
-
-MANIFEST = "affedge.json"
 
 
 @dataclass
@@ -33,11 +32,11 @@ class Source:
 
     path: Path  # what the user named (folder or GGUF file)
     folder: Path  # HF folder (a GGUF source is converted once and cached)
-    manifest: dict[str, Any]
+    manifest: Manifest | None  # affedge-trained models; None for a plain HF folder or GGUF
 
     @property
     def tasks(self) -> list[str]:
-        return list(self.manifest.get("tasks", []))
+        return list(self.manifest.tasks) if self.manifest else []
 
     @property
     def name(self) -> str:
@@ -50,12 +49,7 @@ def open_source(path: Path) -> Source:
     if not path.exists():
         raise ModelError(f"{path}: no such model folder or file")
     folder = hf_folder(path)
-    manifest: dict[str, Any] = {}
-    if (folder / MANIFEST).is_file():
-        try:
-            manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ModelError(f"{folder / MANIFEST}: unreadable manifest ({exc})") from None
+    manifest = Manifest.read(folder) if has_manifest(folder) else None
     return Source(path=path, folder=folder, manifest=manifest)
 
 
@@ -102,24 +96,6 @@ def special_tokens(folder: Path) -> dict[str, Any]:
 
 
 @contextmanager
-def staged(out: Path, name: str) -> Iterator[Path]:
-    """A scratch folder that becomes ``out/name`` when the block succeeds, else vanishes."""
-    out.mkdir(parents=True, exist_ok=True)
-    partial = out / f".{name}.partial"
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir()
-    try:
-        yield partial
-        final = out / name
-        if final.exists():
-            shutil.rmtree(final)
-        partial.rename(final)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
-
-
-@contextmanager
 def output_dir(out: Path) -> Iterator[Path]:
     """Create ``out`` and yield a scratch folder inside it for intermediate files.
 
@@ -152,8 +128,16 @@ def check_floor(report: VerifyReport) -> None:
 
 
 def write_manifest(
-    folder: Path, kind: str, source: Source, quant: str, report: VerifyReport, **extra: Any
+    folder: Path,
+    kind: ArtifactKind,
+    source: Source,
+    quant: str,
+    report: VerifyReport,
+    file: str,
+    runtime: dict[str, Any] | None = None,
+    **extra: Any,
 ) -> dict[str, Any]:
+    """The artifact's manifest: runtime fields, where it came from and its verification."""
     import importlib.metadata as md
 
     def version(pkg: str) -> str | None:
@@ -162,25 +146,31 @@ def write_manifest(
         except md.PackageNotFoundError:
             return None
 
-    manifest = {
-        "kind": kind,
-        "quant": quant,
-        "source": {
-            "path": str(source.path),
-            "hf_folder": str(source.folder),
-            "kind": source.manifest.get("kind", "hf-causal-lm"),
-            "base": source.manifest.get("base"),
+    origin = source.manifest
+    manifest = Manifest(
+        kind=kind.value,
+        file=file,
+        base=origin.base if origin else None,
+        tasks=source.tasks,
+        labels=dict(origin.labels) if origin else {},
+        quant=quant,
+        **(runtime or {}),
+        info={
+            "source": {
+                "path": str(source.path),
+                "hf_folder": str(source.folder),
+                "kind": origin.kind if origin else ArtifactKind.HF_CAUSAL_LM.value,
+                "base": origin.base if origin else None,
+            },
+            "verification": report.to_dict(),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "machine": f"{platform.machine()} {platform.system()}",
+            "versions": {
+                p: version(p)
+                for p in ("affedge", "transformers", "gguf", "llama-cpp-python", "onnxruntime")
+            },
+            **extra,
         },
-        "tasks": source.tasks,
-        "labels": source.manifest.get("labels", {}),
-        "verification": report.to_dict(),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "machine": f"{platform.machine()} {platform.system()}",
-        "versions": {
-            p: version(p)
-            for p in ("affedge", "transformers", "gguf", "llama-cpp-python", "onnxruntime")
-        },
-        **extra,
-    }
-    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-    return manifest
+    )
+    manifest.write(folder)
+    return manifest.to_dict()

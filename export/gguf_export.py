@@ -8,12 +8,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from affedge.artifact import ArtifactKind
+from affedge.atomic import staged_dir
 from affedge.export.artifact import (
     check_floor,
     load_source_model,
     open_source,
     output_dir,
-    staged,
     write_manifest,
 )
 from affedge.export.gguf_quantize import UNQUANTIZED, check_types, quantize
@@ -21,7 +22,6 @@ from affedge.export.gguf_writer import check_tokenizer, write_gguf
 from affedge.export.verify import TorchSource, sample_records, verification_task, verify
 from affedge.models import ModelRef
 
-KIND = "affedge-llm-gguf"
 #: Items whose full next-token logits are compared with the source (all vocabulary entries).
 LOGIT_ITEMS = 20
 
@@ -60,7 +60,7 @@ def export_gguf(
         check_tokenizer(base, source.folder)
         reference = TorchSource(load_source_model(source, threads))
         for quant in quants:
-            with staged(out, quant) as folder:
+            with staged_dir(out / quant) as folder:
                 target = folder / f"{source.name}.{quant}.gguf"
                 if quant == base_type:
                     shutil.copyfile(base, target)
@@ -70,7 +70,9 @@ def export_gguf(
                     log(f"quantizing to {quant}")
                     quantize(base, target, quant, threads)
                 log(f"verifying {quant} on {len(records)} {dataset} items ({task})")
-                with GGUFEngine(ModelRef(target.name, target, "gguf"), threads=threads) as eng:
+                with GGUFEngine(
+                    ModelRef(target.name, target, ArtifactKind.LLM_GGUF.value), threads=threads
+                ) as eng:
                     report = verify(
                         reference,
                         eng,
@@ -86,7 +88,7 @@ def export_gguf(
                 manifests.append(
                     write_manifest(
                         folder,
-                        KIND,
+                        ArtifactKind.LLM_GGUF,
                         source,
                         quant,
                         report,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from affedge.atomic import atomic_path
 from affedge.errors import ModelError
 
 #: Quant names users pass (`--quant`) -> llama.cpp file types. f16/f32 are written directly.
@@ -49,16 +50,12 @@ def quantize(src: Path, dst: Path, quant: str, threads: int | None = None) -> Pa
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, QUANT_TYPES[quant])
     params.nthread = threads or os.cpu_count() or 1
-    partial = dst.with_name(dst.name + ".partial")
-    try:
+    with atomic_path(dst) as partial:
+        partial.unlink()  # llama.cpp creates the file itself
         with suppress_stdout_stderr(disable=False):  # one warning line per fallback tensor
             rc = llama_cpp.llama_model_quantize(
                 str(src).encode(), str(partial).encode(), llama_cpp.byref(params)
             )
         if rc != 0 or not partial.is_file():
             raise ModelError(f"{src}: llama.cpp failed to quantize to {quant} (code {rc})")
-        os.replace(partial, dst)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
     return dst

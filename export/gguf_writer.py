@@ -21,14 +21,15 @@ the HF tokenizer's, so a wrong pre-tokenizer guess fails the export instead of s
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from affedge.atomic import atomic_path
 from affedge.errors import ModelError
 from affedge.train.hf_base import check_hf_folder
 
@@ -255,9 +256,8 @@ def write_gguf(folder: Path, out: Path, out_type: str = "f16", name: str | None 
     plan = _plan(folder, config, arch, out_type)
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(out.name + ".partial")
     writer = gguf.GGUFWriter(None, arch)
-    try:
+    with atomic_path(out) as partial, closing(writer):
         _add_hparams(writer, config, int(file_type), name or folder.name)
         _add_vocab(writer, folder, config["vocab_size"])
         for t in plan:
@@ -271,12 +271,6 @@ def write_gguf(folder: Path, out: Path, out_type: str = "f16", name: str | None 
             if t.permute_heads:
                 data = permute_rotary(data, t.permute_heads)
             writer.write_tensor_data(np.ascontiguousarray(data.astype(t.dtype)))
-        writer.close()
-        os.replace(partial, out)
-    except BaseException:
-        writer.close()
-        partial.unlink(missing_ok=True)
-        raise
     return out
 
 

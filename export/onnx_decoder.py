@@ -9,13 +9,13 @@ Gather table and as the lm_head MatMul), so the fp32 file is larger than the saf
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from affedge.engines.onnx_decoder import DECODER_KIND, MANIFEST
+from affedge.artifact import ArtifactKind, Manifest
+from affedge.atomic import staged_dir
 from affedge.errors import ModelError
 from affedge.export.artifact import (
     check_floor,
@@ -23,7 +23,6 @@ from affedge.export.artifact import (
     open_source,
     output_dir,
     special_tokens,
-    staged,
     write_manifest,
 )
 from affedge.export.verify import TorchSource, sample_records, verification_task, verify
@@ -91,7 +90,7 @@ def export_onnx_decoder(
         fp32 = _optimum_export(source.folder, work / "fp32")
         reference = TorchSource(load_source_model(source, threads))
         for quant in quants:
-            with staged(out, quant) as folder:
+            with staged_dir(out / quant) as folder:
                 target = folder / "model.onnx"
                 if quant == "fp32":
                     shutil.copyfile(fp32, target)
@@ -101,16 +100,15 @@ def export_onnx_decoder(
                     log("quantizing to int8 (onnxruntime dynamic, per-channel)")
                     _int8(fp32, target)
                 shutil.copyfile(source.folder / "tokenizer.json", folder / "tokenizer.json")
-                runtime = {
-                    "kind": DECODER_KIND,
-                    "file": target.name,
+                runtime: dict[str, Any] = {
                     "chat_template": template,
                     "special_tokens": special,
                     "n_ctx": N_CTX,
                 }
-                (folder / MANIFEST).write_text(json.dumps(runtime), encoding="utf-8")
+                # The runtime fields first: verification opens the artifact as users will.
+                Manifest(ArtifactKind.LLM_ONNX.value, file=target.name, **runtime).write(folder)
                 log(f"verifying {quant} on {len(records)} {dataset} items ({task})")
-                eng = ONNXDecoderEngine(ModelRef(folder.name, folder, "onnx"), threads=threads)
+                eng = ONNXDecoderEngine(ModelRef.from_path(folder), threads=threads)
                 report = verify(
                     reference,
                     eng,
@@ -126,11 +124,12 @@ def export_onnx_decoder(
                 manifests.append(
                     write_manifest(
                         folder,
-                        DECODER_KIND,
+                        ArtifactKind.LLM_ONNX,
                         source,
                         quant,
                         report,
-                        **{k: v for k, v in runtime.items() if k != "kind"},
+                        file=target.name,
+                        runtime=runtime,
                     )
                 )
                 log(

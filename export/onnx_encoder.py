@@ -6,8 +6,11 @@ int8 variant (int8 weights of every MatMul, activations quantized on the fly).
 
 Every artifact is checked on a validation sample against the torch model it came from:
 label agreement of every classification head, max/mean absolute output difference, accuracy
-delta against gold, file size and CPU latency. The report goes into the artifact's
-``affedge.json``; an artifact whose agreement falls below its floor is not written.
+delta against gold, file size and CPU latency. The torch model is loaded and run on the CPU in
+fp32 whatever device trained it, so the reference is the computation the artifact is meant to
+reproduce. The report goes into the artifact's manifest (affedge.artifact, kind
+``affedge-encoder-onnx``); an artifact whose agreement falls below its floor is not written,
+and the artifacts of one call land together or not at all.
 
 Floors: fp32 must agree on 99.9% of labels (it is the same computation up to float rounding,
 so anything lower is an export bug); int8 on 95%. Per-channel dynamic int8 of our 6-layer
@@ -20,18 +23,21 @@ agreement far lower, which is what the floor is there to catch.
 
 from __future__ import annotations
 
-import json
 import shutil
 import statistics
 import tempfile
 import time
 from collections.abc import Sequence
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from affedge.artifact import ArtifactKind, Manifest
+from affedge.atomic import staged_dir
 from affedge.encoding import EncoderTokenizer
+from affedge.engines.ort import cpu_session
 from affedge.errors import AffedgeError
 from affedge.records import Record
 from affedge.tasks import HEADS
@@ -84,14 +90,6 @@ def _sample(n: int, data_dir: str | Path | None) -> list[tuple[Record, str, Any]
     return out
 
 
-def _session(path: Path, threads: int):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
 def _ort_outputs(session, tokenizer, records, turns) -> list[np.ndarray]:
     """Every head's output for ``records`` from an onnxruntime session, batches of 32."""
     chunks = []
@@ -141,6 +139,27 @@ def compare(
     return report
 
 
+def _artifact(source: Manifest, quant: str, file: str, model_dir: Path, report: dict) -> Manifest:
+    """The exported artifact's manifest: the runtime fields of the trained model, its
+    provenance record, the source folder, the ONNX settings and the verification report."""
+    return Manifest(
+        kind=ArtifactKind.ENCODER_ONNX.value,
+        file=file,
+        base=source.base,
+        heads=dict(source.heads),
+        max_length=source.max_length,
+        context_turns=source.context_turns,
+        pooling=source.pooling,
+        quant=quant,
+        info={
+            **source.info,
+            "source": str(model_dir.resolve()),
+            "onnx": {"opset": OPSET},
+            "export": report,
+        },
+    )
+
+
 def export_onnx(
     model_dir: Path,
     out: Path,
@@ -157,7 +176,7 @@ def export_onnx(
     floors = {**MIN_AGREEMENT, **(min_agreement or {})}
     import torch
 
-    from affedge.train.encoder import MANIFEST, load_trained, predict
+    from affedge.train.encoder_model import load_model, predict
 
     unknown = [q for q in quants if q not in MIN_AGREEMENT]
     if unknown:
@@ -166,28 +185,29 @@ def export_onnx(
         raise AffedgeError(f"{model_dir}: no such model folder")
     if not (model_dir / "tokenizer.json").is_file():
         raise AffedgeError(f"{model_dir}: the model folder has no tokenizer.json")
-    model, manifest = load_trained(model_dir)
-    turns = manifest["context_turns"]
-    tokenizer = EncoderTokenizer(model_dir / "tokenizer.json", manifest["max_length"])
+    model, manifest = load_model(model_dir, device="cpu")
+    if manifest.max_length is None or manifest.context_turns is None:
+        raise AffedgeError(f"{model_dir}: the manifest lacks max_length or context_turns")
+    turns = manifest.context_turns
+    tokenizer = EncoderTokenizer(model_dir / "tokenizer.json", manifest.max_length)
     sample = _sample(sample_size, data_dir)
     records = [s[0] for s in sample]
     torch.set_num_threads(threads)
     reference = predict(model, tokenizer, records, turns)
     reports: dict[str, dict[str, Any]] = {}
-    out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out, prefix=".export-") as tmp_name:
-        tmp = Path(tmp_name)
-        fp32 = tmp / "model.fp32.onnx"
+    # Every quant is staged beside its final folder; the stack replaces them all when the
+    # block succeeds and removes them all if any check fails.
+    with tempfile.TemporaryDirectory(prefix="affedge-export-") as tmp_name, ExitStack() as stack:
+        fp32 = Path(tmp_name) / "model.fp32.onnx"
         _export_fp32(model, fp32)
         for quant in quants:
-            stage = tmp / quant
-            stage.mkdir()
+            stage = stack.enter_context(staged_dir(out / quant))
             target = stage / f"model.{quant}.onnx"
             if quant == "fp32":
                 shutil.copy(fp32, target)
             else:
                 _quantize_int8(fp32, target)
-            session = _session(target, threads)
+            session = cpu_session(target, threads)
             report = compare(reference, _ort_outputs(session, tokenizer, records, turns), sample)
             report.update(
                 quant=quant,
@@ -206,12 +226,5 @@ def export_onnx(
                     "nothing written"
                 )
             shutil.copy(model_dir / "tokenizer.json", stage / "tokenizer.json")
-            artifact = {**manifest, "onnx": {"file": target.name, "opset": OPSET}}
-            artifact["export"] = report
-            (stage / MANIFEST).write_text(json.dumps(artifact, indent=2) + "\n")
-        for quant in quants:
-            final = out / quant
-            if final.exists():
-                shutil.rmtree(final)
-            (tmp / quant).rename(final)
+            _artifact(manifest, quant, target.name, model_dir, report).write(stage)
     return reports

@@ -20,9 +20,10 @@ from typing import Any
 import numpy as np
 
 from affedge.datasets import load_dataset
-from affedge.engines.decoder import DecoderEngine, Prepared
+from affedge.engines.decoder import DecoderEngine
 from affedge.errors import AffedgeError
 from affedge.evaluate import select_records
+from affedge.prompts import PromptTokens
 from affedge.records import Record
 from affedge.tasks import BENCHMARKS, TASKS, get_benchmark
 
@@ -120,8 +121,9 @@ class TorchSource:
             self._memo[key] = self.logits(ids)[-1]
         return self._memo[key]
 
-    def answer_logprobs(self, ids: list[int], prep: Prepared) -> np.ndarray:
-        """log p(answer | ids) per answer, as the engines score labels."""
+    def answer_logprobs(self, ids: list[int], prep: PromptTokens) -> np.ndarray:
+        """log p(answer | ids) per answer, as the engines score labels (the project's one
+        torch scorer, train/llm_eval.py)."""
         from affedge.train.llm_eval import score_answers
 
         key = (tuple(ids), tuple(map(tuple, prep.answers)))

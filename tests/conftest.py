@@ -26,10 +26,11 @@ def smollm2_path() -> Path:
 
 @pytest.fixture(scope="session")
 def engine(smollm2_path):
+    from affedge.artifact import ArtifactKind
     from affedge.engines.gguf import GGUFEngine
     from affedge.models import ModelRef
 
-    eng = GGUFEngine(ModelRef(SMOLLM2, smollm2_path, "gguf"), threads=2)
+    eng = GGUFEngine(ModelRef(SMOLLM2, smollm2_path, ArtifactKind.LLM_GGUF.value), threads=2)
     yield eng
     eng.close()
 

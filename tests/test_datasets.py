@@ -10,11 +10,13 @@ import csv
 import functools
 import json
 from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
 
 from affedge import datasets as ds
+from affedge.benchmarks import Benchmark
 from affedge.datasets import (
     DATASETS,
     DEFAULT_ENV,
@@ -23,9 +25,14 @@ from affedge.datasets import (
     data_root,
     iter_dialogues,
     load_dataset,
+    register_dataset,
+    unregister_dataset,
 )
+from affedge.engines import Engine, LabelResult, ScoreResult
 from affedge.errors import DataError
+from affedge.evaluate import evaluate
 from affedge.records import Record, Turn
+from affedge.tasks import Task
 
 
 def _find_root() -> Path | None:
@@ -566,3 +573,91 @@ def test_mustard_plus_plus_raw_counts() -> None:
         rows = list(csv.DictReader(f))
     assert len(rows) == 6041
     assert len({r["SCENE"] for r in rows}) == 1202
+
+
+def test_default_root_is_next_to_the_repository() -> None:
+    assert Path(__file__).resolve().parents[1] == ds._REPO_ROOT
+
+
+# ------------------------------------------------------------------ the public registry
+
+TINY = "test_tiny_reviews"
+
+
+def _tiny_loader(root: Path, split: str, name: str) -> Iterator[Record]:
+    """``<label>\\t<text>`` lines of ``<root>/tiny_reviews/<split>.tsv``, as a plugin reads."""
+    path = root / "tiny_reviews" / f"{split}.tsv"
+    if not path.is_file():
+        raise DataError(f"missing dataset file {path}")
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        label, text = line.split("\t")
+        yield Record(
+            id=f"{split}-{number}",
+            text=text,
+            labels={"sentiment": label},
+            split=split,
+            dataset=name,
+        )
+
+
+class _LoveEngine(Engine):
+    """Positive exactly when the text says "love"."""
+
+    name = "love-detector"
+
+    def classify(
+        self, records: Iterable[Record], task: Task, labels: Sequence[str] | None = None
+    ) -> Iterator[LabelResult]:
+        for record in records:
+            p = 0.9 if "love" in record.text else 0.1
+            yield LabelResult({"positive": p, "negative": 1 - p})
+
+    def score(self, records: Iterable[Record], task: Task) -> Iterator[ScoreResult]:
+        raise AssertionError("not a score task")
+
+
+@pytest.fixture
+def tiny(tmp_path: Path) -> Iterator[Path]:
+    folder = tmp_path / "tiny_reviews"
+    folder.mkdir()
+    (folder / "test.tsv").write_text(
+        "positive\tI love it\nnegative\tbroke in a day\npositive\tworks fine\n"
+        "negative\tI love nothing about it\nnegative\tnever again\n",
+        encoding="utf-8",
+    )
+    (folder / "validation.tsv").write_text("positive\tlove love love\n", encoding="utf-8")
+    info = DatasetInfo(TINY, "five product reviews", layers={"sentiment": ("negative", "positive")})
+    register_dataset(info, _tiny_loader)
+    yield tmp_path
+    unregister_dataset(TINY)
+
+
+def test_a_registered_dataset_loads_and_evaluates_through_the_public_api(tiny: Path) -> None:
+    assert DATASETS[TINY].splits == SPLITS and DATASETS[TINY].layers["sentiment"]
+    assert [r.text for r in load_dataset(TINY, "dev", root=tiny)] == ["love love love"]
+    records = load_dataset(TINY, root=tiny, limit=2)
+    assert [r.id for r in records] == ["test-1", "test-2"] and records[0].dataset == TINY
+    bench = Benchmark("polarity", TINY, "sentiment", "accuracy", extra_metrics=("macro_f1",))
+    report = evaluate(_LoveEngine(), bench, "test", data_dir=tiny)
+    # predicted positive, negative, negative, positive, negative against the gold above
+    assert (report.n, report.dropped, report.model) == (5, 0, "love-detector")
+    assert report.metrics["accuracy"] == pytest.approx(3 / 5)
+    assert report.confusion == {
+        "positive": {"positive": 1, "negative": 1},
+        "negative": {"positive": 1, "negative": 2},
+    }
+
+
+def test_registration_refuses_a_taken_name_and_can_be_undone(tiny: Path) -> None:
+    with pytest.raises(ValueError, match="already registered"):
+        register_dataset(DatasetInfo("sst2", "shadow"), _tiny_loader)
+    assert DATASETS["sst2"].description.startswith("SST-2")
+    replaced = DatasetInfo(TINY, "replaced", splits=("test",))
+    register_dataset(replaced, _tiny_loader, replace=True)
+    assert DATASETS[TINY] is replaced
+    with pytest.raises(DataError, match="unknown split 'validation'"):
+        load_dataset(TINY, "validation", root=tiny)
+    unregister_dataset(TINY)
+    assert TINY not in DATASETS
+    with pytest.raises(DataError, match=f"unknown dataset '{TINY}'"):
+        load_dataset(TINY, root=tiny)

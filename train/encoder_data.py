@@ -13,7 +13,10 @@ fear, joy, sadness, surprise, optimism):
 * EmoryNLP is not used: two of its seven labels (peaceful, powerful) have no counterpart.
 
 Regression targets are on [0, 1]: SemEval-2018 V-reg and EI-reg as given, EmoBank valence
-rescaled from its 1-5 scale.
+rescaled from its 1-5 scale (the benchmark row's ``score_range``).
+
+Which datasets feed the encoder, in which order, is the ``encoder`` use of the benchmark table
+(:func:`affedge.benchmarks.training_sources`); the head of a row is the one answering its task.
 """
 
 from __future__ import annotations
@@ -22,9 +25,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from affedge.benchmarks import Benchmark, training_sources
 from affedge.datasets import load_dataset
+from affedge.errors import DataError
 from affedge.records import Record
-from affedge.tasks import EMOTION_LABELS, HEADS, LABEL_ALIASES
+from affedge.tasks import EMOTION_LABELS, HEADS, LABEL_ALIASES, head_for_task
 
 EC_TO_HARMONISED = {
     "anger": "anger",
@@ -59,14 +64,17 @@ def _one_hot(label: str, labels: tuple[str, ...]) -> tuple[float, ...]:
     return tuple(1.0 if lab == label else 0.0 for lab in labels)
 
 
-def _classify(head: str, layer: str, alias: dict[str, str] | None = None):
+Converter = Callable[[Record], Example | None]
+
+
+def _classify(head: str, layer: str) -> Converter:
     labels = HEADS[head].labels
 
     def convert(rec: Record) -> Example | None:
         value = rec.labels.get(layer)
         if not isinstance(value, str):
             return None
-        value = (alias or {}).get(value, value)
+        value = LABEL_ALIASES.get(value, value)  # TweetEval's "ironic" is the head's "sarcastic"
         if value not in labels:
             return None
         return Example(rec, head, rec.dataset or "", _one_hot(value, labels))
@@ -85,7 +93,7 @@ def _ec(rec: Record) -> Example | None:
     return Example(rec, "emotion", rec.dataset or "", target)
 
 
-def _regress(head: str, layer: str, low: float = 0.0, high: float = 1.0):
+def _regress(head: str, layer: str, low: float = 0.0, high: float = 1.0) -> Converter:
     outputs = HEADS[head].labels
 
     def convert(rec: Record) -> Example | None:
@@ -99,28 +107,33 @@ def _regress(head: str, layer: str, low: float = 0.0, high: float = 1.0):
     return convert
 
 
-#: dataset -> how its records become examples (the head is inside the converter).
-SOURCES: dict[str, Callable[[Record], Example | None]] = {
-    "tweet_eval_sentiment": _classify("sentiment", "sentiment"),
-    "sst2": _classify("sentiment", "sentiment"),
-    "meld": _classify("emotion", "emotion"),
-    "dailydialog": _classify("emotion", "emotion"),
-    "tweet_eval_emotion": _classify("emotion", "emotion"),
-    "semeval2018_ec": _ec,
-    "tweet_eval_irony": _classify("sarcasm", "irony", LABEL_ALIASES),
-    "mustard": _classify("sarcasm", "sarcasm"),
-    "mustard_plus_plus": _classify("sarcasm", "sarcasm"),
-    "semeval2018_v_reg": _regress("valence", "valence"),
-    "emobank": _regress("valence", "valence", 1.0, 5.0),
-    **{
-        f"semeval2018_ei_{e}": _regress("intensity", e) for e in ("anger", "fear", "joy", "sadness")
-    },
-}
+#: Datasets whose layer needs its own conversion (multi-label E-c: soft emotion targets).
+SOFT_TARGETS: dict[str, Converter] = {"semeval2018_ec": _ec}
 
-#: MELD also carries utterance sentiment: a second source for the sentiment head.
-EXTRA_SOURCES: dict[str, Callable[[Record], Example | None]] = {
-    "meld": _classify("sentiment", "sentiment"),
-}
+
+def _converter(bench: Benchmark) -> Converter:
+    """How a benchmark row's records become examples of the head answering its task."""
+    if bench.dataset in SOFT_TARGETS:
+        return SOFT_TARGETS[bench.dataset]
+    head = head_for_task(bench.task)
+    if head.kind == "classify":
+        return _classify(head.name, bench.layer)
+    return _regress(head.name, bench.layer, *bench.score_range)
+
+
+def _sources() -> dict[str, tuple[tuple[str, Converter], ...]]:
+    """dataset -> its (source key, converter) pairs, datasets in the encoder's order. A dataset's
+    first row is keyed by its name, a further one by ``dataset:head`` (MELD's sentiment)."""
+    out: dict[str, list[tuple[str, Converter]]] = {}
+    for bench in training_sources("encoder"):
+        uses = out.setdefault(bench.dataset, [])
+        key = f"{bench.dataset}:{head_for_task(bench.task).name}" if uses else bench.dataset
+        uses.append((key, _converter(bench)))
+    return {name: tuple(uses) for name, uses in out.items()}
+
+
+#: dataset -> how its records become examples (source key and converter, head inside).
+SOURCES: dict[str, tuple[tuple[str, Converter], ...]] = _sources()
 
 
 def build_examples(
@@ -132,11 +145,12 @@ def build_examples(
     """Examples per source (``dataset`` or ``dataset:head``) of ``split``."""
     out: dict[str, list[Example]] = {}
     for name in datasets or list(SOURCES):
+        if name not in SOURCES:
+            raise DataError(
+                f"dataset {name!r} feeds no encoder head; encoder datasets: {', '.join(SOURCES)}"
+            )
         records = load_dataset(name, split, root=root, limit=limit)
-        converters = [(name, SOURCES[name])]
-        if name in EXTRA_SOURCES:
-            converters.append((f"{name}:sentiment", EXTRA_SOURCES[name]))
-        for key, convert in converters:
+        for key, convert in SOURCES[name]:
             examples = [ex for ex in map(convert, records) if ex is not None]
             if examples:
                 out[key] = examples

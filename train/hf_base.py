@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from affedge.artifact import is_gguf_file
+from affedge.atomic import staged_dir
 from affedge.errors import ModelError
-from affedge.models import GGUF_MAGIC
 
 CACHE_ENV = "AFFEDGE_CACHE"
 
@@ -31,10 +30,8 @@ def cache_dir() -> Path:
 
 
 def is_gguf(path: Path) -> bool:
-    if not path.is_file():
-        return False
-    with path.open("rb") as fh:
-        return fh.read(4) == GGUF_MAGIC
+    """True for a file that starts with the GGUF magic bytes."""
+    return Path(path).is_file() and is_gguf_file(path)
 
 
 def check_hf_folder(path: Path, need_tokenizer: bool = True) -> None:
@@ -85,17 +82,9 @@ def gguf_to_hf(gguf: Path, out: Path) -> Path:
     # A GGUF-loaded model carries the gguf "quantizer" marker; plain weights save fine in
     # transformers 4.57 (5.x refuses), but drop the marker so the folder loads as float.
     model.config.__dict__.pop("quantization_config", None)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
-    try:
+    with staged_dir(out) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

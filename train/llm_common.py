@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import json
 import math
 import random
 import time
@@ -13,11 +12,13 @@ from typing import Any
 
 import torch
 
+from affedge.artifact import ArtifactKind, Manifest
 from affedge.errors import AffedgeError, ModelError
 from affedge.models import BUILTIN
 from affedge.records import Record
 from affedge.train.hf_base import check_hf_folder, is_gguf
 from affedge.train.lora import LoraSettings
+from affedge.train.recipe import option
 from affedge.train.sft_data import (
     ChatFormat,
     SFTExample,
@@ -27,34 +28,59 @@ from affedge.train.sft_data import (
     load_records,
 )
 
-MANIFEST = "affedge.json"
-MANIFEST_KIND = "affedge-llm"
 DEFAULT_BASE = "smollm2-135m-instruct"
 
 
 @dataclass
 class LLMConfig:
-    """Options every LLM training run takes (all recorded in the manifest)."""
+    """Options every LLM training run takes (all recorded in the manifest).
 
-    base: str = DEFAULT_BASE
-    quant: str | None = None  # None: nf4 on CUDA, none on the CPU
-    rank: int = 16
-    alpha: int = 32
-    dropout: float = 0.05
-    steps: int | None = None
-    epochs: float | None = None
-    batch_size: int = 8
-    grad_accum: int = 1
-    max_length: int = 256
-    limit: int | None = None
-    eval_limit: int = 200
-    save_every: int = 50
-    log_every: int = 10
-    seed: int = 13
-    threads: int | None = None
-    require_gpu: bool = False
-    data_dir: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    The defaults live here only: each field is an option of `affedge train progressive` and
+    `affedge train multitask` (train/recipe.py), documented by its metadata.
+    """
+
+    base: str = field(
+        default=DEFAULT_BASE,
+        metadata=option("Base LLM: HF folder, GGUF file or built-in model name."),
+    )
+    quant: str | None = field(
+        default=None,
+        metadata=option("nf4 (QLoRA) or none (LoRA) (default: nf4 on CUDA, else none)."),
+    )
+    rank: int = field(default=16, metadata=option("LoRA rank.", min=1))
+    alpha: int = field(default=32, metadata=option("LoRA alpha (scale alpha/rank).", min=1))
+    dropout: float = field(default=0.05, metadata=option("LoRA dropout.", min=0.0, max=1.0))
+    steps: int | None = field(
+        default=None,
+        metadata=option("Optimizer steps, per stage if staged (default: from --epochs).", min=1),
+    )
+    epochs: float = field(
+        default=1.0, metadata=option("Passes over the data, unless --steps is given.", min=0.01)
+    )
+    batch_size: int = field(default=8, metadata=option("Examples per micro-batch.", min=1))
+    grad_accum: int = field(default=1, metadata=option("Micro-batches per step.", min=1))
+    max_length: int = field(
+        default=256, metadata=option("Tokens per example, prompt and answer.", min=32)
+    )
+    limit: int | None = field(
+        default=None,
+        metadata=option("Training examples per dataset, a seeded sample (default: all).", min=1),
+    )
+    eval_limit: int = field(default=200, metadata=option("Validation items per dataset.", min=1))
+    save_every: int = field(default=50, metadata=option("Checkpoint every N steps.", min=1))
+    log_every: int = field(default=10, metadata=option("Log every N steps.", min=1))
+    seed: int = field(default=13, metadata=option("Random seed (data order, LoRA init)."))
+    threads: int | None = field(
+        default=None, metadata=option("CPU threads (default: all cores).", min=1)
+    )
+    require_gpu: bool = field(
+        default=False,
+        metadata=option("Fail unless a CUDA GPU is visible.", flags=("--require-gpu",)),
+    )
+    data_dir: str | None = field(
+        default=None, metadata=option("Dataset folder (default: $AFFEDGE_DATA).")
+    )
+    extra: dict[str, Any] = field(default_factory=dict, metadata=option(cli=False))
 
     @property
     def lora(self) -> LoraSettings:
@@ -78,11 +104,11 @@ def resolve_base(base: str) -> Path:
 
 
 def steps_for(cfg: LLMConfig, n_examples: int) -> int:
-    """``--steps`` if given, else ``--epochs`` (default 1) passes over the examples."""
+    """``--steps`` if given, else ``--epochs`` passes over the examples."""
     if cfg.steps is not None:
         return cfg.steps
     per_step = cfg.batch_size * cfg.grad_accum
-    return max(1, math.ceil((cfg.epochs or 1.0) * n_examples / per_step))
+    return max(1, math.ceil(cfg.epochs * n_examples / per_step))
 
 
 @dataclass
@@ -139,24 +165,24 @@ def sequential_batches(examples: list[SFTExample], batch: int, accum: int, seed:
     return next_batch
 
 
-def write_manifest(out: Path, manifest: dict[str, Any]) -> None:
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-
-
 def base_manifest(
     cfg: LLMConfig, base: Path, model: Any, fmt: ChatFormat, method: str, quant: str
-) -> dict[str, Any]:
-    return {
-        "kind": MANIFEST_KIND,
-        "method": method,
-        "base": cfg.base if not Path(cfg.base).exists() else str(base),
-        "base_file": str(base),
-        "architecture": model.config.model_type,
-        "eot_token_id": fmt.eot_id,
-        "quantization": quant,
-        "seed": cfg.seed,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
+) -> Manifest:
+    """The manifest fields every trained LLM folder has; the trainer adds its tasks, labels
+    and record (``info``) and writes it last, once the weights are in place."""
+    return Manifest(
+        kind=ArtifactKind.LLM_HF.value,
+        base=cfg.base if not Path(cfg.base).exists() else str(base),
+        info={
+            "method": method,
+            "base_file": str(base),
+            "architecture": model.config.model_type,
+            "eot_token_id": fmt.eot_id,
+            "quantization": quant,
+            "seed": cfg.seed,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        },
+    )
 
 
 def model_dtype_for_save(device: torch.device) -> torch.dtype:

@@ -1,108 +1,161 @@
-"""Label scoring with a HF causal LM, the same way the GGUF runtime scores labels.
+"""Label scoring with a HF causal LM, exactly as the decoder engines score labels.
 
-For each item the prompt (head + body + suffix, :class:`~affedge.train.sft_data.ChatFormat`)
-is evaluated once; a label's score is the log-probability of its whole token continuation at
-the answer position (end-of-turn appended to every label when one is a prefix of another);
-score tasks are the expected value of the 0-9 digit distribution. Used for validation and
-forgetting during training and by ``bench/train_report.py`` for test metrics.
+The one torch scorer of the project: training validation and forgetting, ``bench/
+train_report.py``, the transformers peer of ``affedge bench`` (bench/peers.py) and export
+verification (export/verify.py) all score through :func:`score_batch`. Prompts come from
+:class:`~affedge.prompts.PromptBuilder` on any :class:`~affedge.prompts.PromptTokenizer` (a
+HF tokenizer in training, the runtime engine's own in the peer benchmark), so the ids are the
+runtime's; a label's score is the log-probability of its whole token continuation at the
+answer position, and label probabilities and 0-9 scores follow engines/decoder.py
+(:func:`~affedge.engines.decoder.label_result`, :func:`~affedge.engines.decoder.score_result`).
+Metrics come from :func:`affedge.evaluate.evaluate_records`, as in `affedge eval`.
 """
 
 from __future__ import annotations
 
 import copy
-import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterable, Iterator, Sequence
+from itertools import islice
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
-from affedge.metrics import SCORE_METRICS, label_metric
-from affedge.prompts import item_body
+from affedge.engines.base import Capability, Engine, LabelResult, ScoreResult
+from affedge.engines.decoder import label_result, score_result
+from affedge.evaluate import evaluate_records, select_records
+from affedge.prompts import ItemPrompt, PromptBuilder, PromptTokenizer, prompt_spec
 from affedge.records import Record
-from affedge.train.sft_data import ChatFormat, Source, gold
+from affedge.tasks import Task
+from affedge.train.sft_data import ChatFormat, Source
 
 #: Prompts longer than this are cut in the middle of the body (the runtime's window is 2048).
 EVAL_MAX_LENGTH = 2048
 
 
 @torch.no_grad()
-def score_answers(model: Any, ids: Sequence[int], answers: Sequence[Sequence[int]]) -> np.ndarray:
-    """log p(answer | ids) of every token continuation in ``answers``: one forward pass over
-    the prompt, then one short cached pass per multi-token answer (as the runtime scores)."""
+def score_batch(
+    model: Any,
+    prompts: Sequence[Sequence[int]],
+    answers: Sequence[Sequence[int]],
+    pad_id: int = 0,
+) -> np.ndarray:
+    """log p(answer | prompt) of every token continuation in ``answers`` after every prompt
+    (rows: prompts, columns: answers, float64).
+
+    One forward pass over the left-padded prompts reads the first answer token; each
+    multi-token answer then costs one short pass over its tokens on a copy of the prompts'
+    KV cache, as the GGUF engine scores continuations.
+    """
     device = next(model.parameters()).device
-    out = model(input_ids=torch.tensor([list(ids)], device=device), use_cache=True)
-    first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
-    scores = np.empty(len(answers))
-    for i, ans in enumerate(answers):
-        total = float(first[ans[0]])
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p) :] = torch.tensor(list(p), dtype=torch.long)
+        mask[i, width - len(p) :] = 1
+    ids, mask = ids.to(device), mask.to(device)
+    position = (mask.cumsum(-1) - 1).clamp(min=0)
+    out = model(
+        input_ids=ids, attention_mask=mask, position_ids=position, use_cache=True, logits_to_keep=1
+    )
+    first = torch.log_softmax(out.logits[:, -1].double(), dim=-1)
+    scores = np.empty((len(prompts), len(answers)))
+    for j, ans in enumerate(answers):
+        total = first[:, ans[0]].clone()
         if len(ans) > 1:
-            cache = copy.deepcopy(out.past_key_values)
+            rest = torch.tensor([list(ans[:-1])] * len(prompts), dtype=torch.long, device=device)
             step = model(
-                input_ids=torch.tensor([list(ans[:-1])], device=device),
-                past_key_values=cache,
+                input_ids=rest,
+                attention_mask=torch.cat([mask, torch.ones_like(rest)], dim=1),
+                position_ids=position[:, -1:] + 1 + torch.arange(rest.shape[1], device=device),
+                past_key_values=copy.deepcopy(out.past_key_values),
                 use_cache=True,
             )
-            logp = torch.log_softmax(step.logits[0].float(), dim=-1)
-            total += float(sum(logp[j, tok] for j, tok in enumerate(ans[1:])))
-        scores[i] = total
+            logp = torch.log_softmax(step.logits.double(), dim=-1)
+            for k, tok in enumerate(ans[1:]):
+                total += logp[:, k, tok]
+        scores[:, j] = total.cpu().numpy()
     return scores
 
 
-def answer_logprobs(
-    model: Any, fmt: ChatFormat, source: Source, record: Record, max_length: int = EVAL_MAX_LENGTH
-) -> np.ndarray:
-    """log p(answer | prompt) of every answer of ``source``'s prompt, in answer order."""
-    spec = source.spec
-    answers = fmt.answer_tokens(spec.answers)
-    longest = max(len(a) for a in answers)
-    ids, _ = fmt.prompt(spec.messages, item_body(source.task, record), max_length, longest + 1)
-    return score_answers(model, ids, answers)
+def score_answers(model: Any, ids: Sequence[int], answers: Sequence[Sequence[int]]) -> np.ndarray:
+    """log p(answer | ids) of every token continuation in ``answers`` (one prompt)."""
+    return score_batch(model, [ids], answers)[0]
 
 
-def predict(
-    model: Any, fmt: ChatFormat, source: Source, records: Sequence[Record]
-) -> list[str] | list[float]:
-    """Predicted labels (classification) or [0, 1] scores (score tasks) for ``records``."""
-    was_training = model.training
-    model.eval()
-    try:
-        out: list[Any] = []
-        for rec in records:
-            logp = answer_logprobs(model, fmt, source, rec)
-            if source.task.kind == "score":
-                dist = np.exp(logp - logp.max())
-                dist /= dist.sum()
-                out.append(float(dist @ (np.arange(len(dist)) / (len(dist) - 1))))
-            else:
-                out.append(source.spec.answers[int(np.argmax(logp))])
-        return out
-    finally:
-        model.train(was_training)
+class TorchScorer(Engine):
+    """A HF causal LM behind the engine interface, prompted and scored as the decoder
+    engines are: ``classify`` and ``score`` on the runtime's prompt ids, ``batch_size``
+    prompts per forward pass."""
+
+    capabilities: ClassVar[frozenset[Capability]] = frozenset(
+        {Capability.LABELS, Capability.SCORES, Capability.CUSTOM_LABELS}
+    )
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: PromptTokenizer,
+        *,
+        name: str = "transformers",
+        window: int = EVAL_MAX_LENGTH,
+        context_turns: int | None = None,
+        batch_size: int = 1,
+        pad_id: int | None = None,
+    ) -> None:
+        self.model = model
+        self.name = name
+        self.prompts = PromptBuilder(tokenizer)
+        self.window = window
+        self.context_turns = context_turns
+        self.batch_size = batch_size
+        self.pad_id = tokenizer.eot_id if pad_id is None else pad_id
+
+    def build(self, task: Task, record: Record, labels: Sequence[str] | None = None) -> ItemPrompt:
+        """``record``'s prompt as an engine with this window builds it."""
+        return self.prompts.build(
+            task, record, labels, window=self.window, context_turns=self.context_turns
+        )
+
+    def _scored(
+        self, records: Iterable[Record], task: Task, labels: Sequence[str] | None
+    ) -> Iterator[tuple[np.ndarray, ItemPrompt]]:
+        it = iter(records)
+        while batch := list(islice(it, self.batch_size)):
+            built = [self.build(task, r, labels) for r in batch]
+            logp = score_batch(self.model, [b.ids for b in built], built[0].answers, self.pad_id)
+            yield from zip(logp, built, strict=True)
+
+    def classify(
+        self, records: Iterable[Record], task: Task, labels: Sequence[str] | None = None
+    ) -> Iterator[LabelResult]:
+        answers = prompt_spec(task, labels).answers
+        for logp, item in self._scored(records, task, labels):
+            yield label_result(answers, logp, item.truncated)
+
+    def score(self, records: Iterable[Record], task: Task) -> Iterator[ScoreResult]:
+        for logp, item in self._scored(records, task, None):
+            yield score_result(logp, item.truncated)
 
 
 def evaluate_source(
     model: Any, fmt: ChatFormat, source: Source, records: Sequence[Record]
 ) -> dict[str, Any]:
-    """The benchmark's metrics (headline first) of ``model`` on ``records``."""
-    records = [r for r in records if gold(source, r) is not None]
-    start = time.perf_counter()
-    preds = predict(model, fmt, source, records)
-    bench = source.bench
-    names = (bench.metric, *bench.extra_metrics)
-    if source.task.kind == "score":
-        gold_s = [float(gold(source, r)) for r in records]  # type: ignore[arg-type]
-        metrics = {m: SCORE_METRICS[m](gold_s, preds) for m in names}  # type: ignore[arg-type]
-    else:
-        gold_l = [str(gold(source, r)) for r in records]
-        metrics = {
-            m: label_metric(m, bench.positive)(gold_l, preds, source.labels)  # type: ignore[arg-type]
-            for m in names
-        }
+    """The benchmark's metrics (headline first) of ``model`` on ``records`` (validation)."""
+    records, _ = select_records(source.bench, list(records))
+    device = next(model.parameters()).device
+    scorer = TorchScorer(model, fmt, batch_size=8 if device.type == "cuda" else 1)
+    was_training = model.training
+    model.eval()
+    try:
+        report = evaluate_records(scorer, source.bench, records, split="validation")
+    finally:
+        model.train(was_training)
     return {
-        "metric": bench.metric,
-        "value": round(float(metrics[bench.metric]), 4),
-        "metrics": {k: round(float(v), 4) for k, v in metrics.items()},
-        "n": len(records),
-        "seconds": round(time.perf_counter() - start, 1),
+        "metric": report.metric,
+        "value": round(float(report.metrics[report.metric]), 4),
+        "metrics": {k: round(float(v), 4) for k, v in report.metrics.items()},
+        "n": report.n,
+        "seconds": round(report.seconds, 1),
     }

@@ -19,7 +19,6 @@ import json
 import math
 import os
 import random
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -29,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from affedge.atomic import staged_dir
 from affedge.errors import AffedgeError, ModelError
 from affedge.train.hf_base import hf_folder, load_causal_lm
 from affedge.train.sft_data import IGNORE, SFTExample, collate
@@ -101,9 +101,11 @@ def load_fp(path: Path, device: torch.device) -> Any:
 
 @dataclass
 class LoraSettings:
-    rank: int = 16
-    alpha: int = 32
-    dropout: float = 0.05
+    """The adapter's shape; a recipe's defaults for it live in its config (LLMConfig)."""
+
+    rank: int
+    alpha: int
+    dropout: float
     targets: tuple[str, ...] = ATTENTION_PROJECTIONS
 
 
@@ -261,25 +263,21 @@ def save_checkpoint(
     folder: Path, step: int, modules: dict[str, torch.nn.Module], opt: Any, result: LoopResult
 ) -> None:
     """Trainable weights + optimizer + RNG + step, written atomically into ``folder``."""
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     state = {k: v.detach().cpu() for k, v in _trainable(modules).items()}
-    torch.save(
-        {
-            "step": step,
-            "weights": state,
-            "optimizer": opt.state_dict(),
-            "rng": _rng_state(),
-            "tokens": result.tokens,
-            "seconds": result.seconds,
-            "history": result.history,
-        },
-        tmp / "state.pt",
-    )
-    (tmp / "step.json").write_text(json.dumps({"step": step}) + "\n")
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
+    with staged_dir(folder) as tmp:
+        torch.save(
+            {
+                "step": step,
+                "weights": state,
+                "optimizer": opt.state_dict(),
+                "rng": _rng_state(),
+                "tokens": result.tokens,
+                "seconds": result.seconds,
+                "history": result.history,
+            },
+            tmp / "state.pt",
+        )
+        (tmp / "step.json").write_text(json.dumps({"step": step}) + "\n")
 
 
 def load_checkpoint(

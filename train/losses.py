@@ -7,12 +7,17 @@
   ``exp(-s_t) * L_t + s_t`` (homoscedastic uncertainty weighting, Kendall et al. 2018), the
   task-level automatic weight learning of MT-ISA (papers/mt-isa-multitask-implicit-sentiment.md).
   A task whose loss stays high gets a larger ``s_t`` and so a smaller weight ``exp(-s_t)``.
+  :meth:`TaskWeights.combine` sums the weighted losses of the tasks that share one batch: the
+  weights only trade tasks off when several tasks feed one backward pass (one task per step
+  gives Adam a single loss whose constant scale it divides out).
 * :func:`data_weighted` (D-AWL): the same form per example, ``exp(-s_i) * l_i + s_i``, with
   ``s_i`` predicted from the example by a small confidence head, so noisy or ambiguous
   examples (high loss the model cannot reduce) are down-weighted as training goes on.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 import torch
 from torch import nn
@@ -58,6 +63,22 @@ class TaskWeights(nn.Module):
             return loss
         s = self.log_vars[self.tasks.index(task)].clamp(-MAX_LOG_VAR, MAX_LOG_VAR)
         return torch.exp(-s) * loss + s
+
+    def combine(
+        self, losses: Mapping[str, torch.Tensor], shares: Mapping[str, float] | None = None
+    ) -> torch.Tensor:
+        """One loss for a batch mixing tasks: ``sum_t share_t * (exp(-s_t) * L_t + s_t)``.
+
+        ``losses`` holds the mean loss of each task present in the batch; ``shares`` (default
+        1 each) is each task's fraction of the batch. Scaling a task's whole T-AWL term by its
+        share keeps the optimum ``s_t = log L_t`` and, with T-AWL off, makes the sum the plain
+        mean over the batch's examples, so the sampling distribution keeps deciding how much
+        each task is trained, as it did with one task per step.
+        """
+        if not losses:
+            raise ValueError("no task losses to combine")
+        terms = [(shares or {}).get(task, 1.0) * self(task, loss) for task, loss in losses.items()]
+        return torch.stack(terms).sum()
 
     def weights(self) -> dict[str, float]:
         """The current weight ``exp(-s_t)`` of every task (logged during training)."""

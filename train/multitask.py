@@ -36,12 +36,16 @@ from typing import Any
 import torch
 from torch import nn
 
+from affedge.artifact import ArtifactKind, has_manifest
+from affedge.atomic import atomic_write_text
+from affedge.benchmarks import task_datasets
 from affedge.errors import AffedgeError
-from affedge.prompts import ITEM_SLOT, SYSTEM, item_body
+from affedge.prompts import AUX_PROMPTS, fill_slot
 from affedge.records import Record
 from affedge.tasks import TASKS
 from affedge.train.hf_base import cache_dir
 from affedge.train.llm_common import (
+    DEFAULT_BASE,
     LLMConfig,
     SourceData,
     base_manifest,
@@ -49,7 +53,6 @@ from affedge.train.llm_common import (
     prepare_source,
     resolve_base,
     steps_for,
-    write_manifest,
 )
 from affedge.train.llm_eval import evaluate_source
 from affedge.train.lora import (
@@ -67,61 +70,57 @@ from affedge.train.lora import (
     versions,
 )
 from affedge.train.losses import TaskWeights, data_weighted, focal_cross_entropy
+from affedge.train.recipe import comma_list, key_map, key_map_text, option
 from affedge.train.sft_data import IGNORE, ChatFormat, SFTExample, encode, find_source, load_records
 
-DEFAULT_TASK_DATA: dict[str, tuple[str, ...]] = {
-    "sentiment": ("tweet_eval_sentiment",),
-    "emotion": ("tweet_eval_emotion",),
-    "valence": ("semeval2018_v_reg", "emobank"),
-    "anger": ("semeval2018_ei_anger",),
-    "fear": ("semeval2018_ei_fear",),
-    "joy": ("semeval2018_ei_joy",),
-    "sadness": ("semeval2018_ei_sadness",),
-    "implicit": ("semeval2014_laptops", "semeval2014_restaurants"),
-}
+#: task -> its default datasets: the ``multitask`` rows of the benchmark table, in order.
+DEFAULT_TASK_DATA: dict[str, tuple[str, ...]] = task_datasets()
 
-#: MT-ISA's auxiliary tasks: the instruction, and the registry task whose item body they use
-#: (``aspect`` sees the sentence only, ``opinion`` the sentence and its aspect term).
-AUX_TASKS: dict[str, tuple[str, str]] = {
-    "aspect": (
-        "Name the aspect (the thing or feature being evaluated) that the sentence is about, "
-        "in at most five words.",
-        "sentiment",
-    ),
-    "opinion": (
-        "Say in at most eight words what opinion the sentence expresses about the given "
-        "aspect, including an opinion that is only implied.",
-        "implicit",
-    ),
-}
+#: The task MT-ISA's auxiliary aspect/opinion tasks (prompts: affedge.prompts.AUX_PROMPTS)
+#: go with.
 AUX_PARENT = "implicit"
 
 
-def aux_messages(name: str) -> tuple[dict[str, str], ...]:
-    instruction, _ = AUX_TASKS[name]
-    system = SYSTEM.split(". ")[0] + "."  # the annotator persona, without "pick an option"
-    return (
-        {"role": "system", "content": system},
-        {"role": "user", "content": f"{instruction}\n\n{ITEM_SLOT}"},
-    )
-
-
-def aux_body(name: str, record: Record) -> str:
-    return item_body(TASKS[AUX_TASKS[name][1]], record)
+def parse_task_data(values: str | list[str] | None) -> dict[str, list[str]]:
+    """``--data valence=emobank --data sentiment=sst2,meld`` -> ``{task: [dataset, ...]}``."""
+    return key_map(values, comma_list, "TASK")
 
 
 @dataclass
 class MultitaskConfig(LLMConfig):
-    tasks: list[str] = field(default_factory=lambda: list(DEFAULT_TASK_DATA))
-    data: dict[str, list[str]] = field(default_factory=dict)
-    lr: float = 2e-4
-    tawl: bool = True
-    dawl: bool = True
-    focal_gamma: float = 0.0
-    aux: bool = True
-    aux_model: str | None = None
-    aux_lr: float = 1e-2
-    mix_alpha: float = 0.5
+    """The multi-task recipe: :class:`LLMConfig` plus its tasks, data and loss weighting."""
+
+    tasks: list[str] = field(
+        default_factory=lambda: list(DEFAULT_TASK_DATA),
+        metadata=option("Comma-separated registry tasks."),
+    )
+    data: dict[str, list[str]] = field(
+        default_factory=dict,
+        metadata=option(
+            "TASK=DATASET,... replacing a task's datasets; repeatable "
+            f"(default: {key_map_text(DEFAULT_TASK_DATA)}).",
+            parse=parse_task_data,
+            multiple=True,
+        ),
+    )
+    lr: float = field(default=2e-4, metadata=option("Learning rate of the LoRA.", min=0.0))
+    tawl: bool = field(default=True, metadata=option("Task-level AWL."))
+    dawl: bool = field(default=True, metadata=option("Data-level AWL."))
+    focal_gamma: float = field(
+        default=0.0, metadata=option("Focal loss gamma; 0 turns focal loss off.", min=0.0)
+    )
+    aux: bool = field(default=True, metadata=option("LLM-generated aspect/opinion tasks."))
+    aux_model: str | None = field(
+        default=None,
+        metadata=option(f"GGUF teacher for the auxiliary targets (default: {DEFAULT_BASE})."),
+    )
+    aux_lr: float = field(
+        default=1e-2, metadata=option("Learning rate of the T-AWL and D-AWL weights.", min=0.0)
+    )
+    mix_alpha: float = field(
+        default=0.5,
+        metadata=option("Task mixing: a slot draws a task with p ~ size ** alpha.", min=0.0),
+    )
 
     def datasets(self, task: str) -> list[str]:
         return list(self.data.get(task) or DEFAULT_TASK_DATA.get(task, ()))
@@ -161,7 +160,8 @@ class AuxTargets:
 
     @staticmethod
     def key(name: str, record: Record) -> str:
-        raw = json.dumps([name, AUX_TASKS[name][0], aux_body(name, record)])
+        prompt = AUX_PROMPTS[name]
+        raw = json.dumps([name, prompt.instruction, prompt.body(record)])
         return hashlib.sha256(raw.encode()).hexdigest()[:24]
 
     def get(self, name: str, record: Record) -> str:
@@ -171,12 +171,11 @@ class AuxTargets:
                 from affedge.engines.gguf import GGUFEngine
                 from affedge.models import ModelRef
 
-                ref = ModelRef(self.model_path.stem, self.model_path, "gguf")
+                kind = ArtifactKind.LLM_GGUF.value
+                ref = ModelRef(self.model_path.stem, self.model_path, kind)
                 self._engine = GGUFEngine(ref, threads=self.threads)
-            messages = [dict(m) for m in aux_messages(name)]
-            messages[-1]["content"] = messages[-1]["content"].replace(
-                ITEM_SLOT, aux_body(name, record)
-            )
+            prompt = AUX_PROMPTS[name]
+            messages = fill_slot(prompt.messages(), prompt.body(record))
             text = self._engine.generate(messages, max_tokens=20, stop=["\n"])
             self.cache[key] = " ".join(text.split())[:80]
             self.generated += 1
@@ -184,9 +183,7 @@ class AuxTargets:
 
     def save(self) -> None:
         self.file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.cache, indent=0, ensure_ascii=False), encoding="utf-8")
-        tmp.replace(self.file)
+        atomic_write_text(self.file, json.dumps(self.cache, indent=0, ensure_ascii=False))
         if self._engine is not None:
             self._engine.close()
             self._engine = None
@@ -196,7 +193,7 @@ def aux_examples(
     fmt: ChatFormat, records: list[Record], teacher: AuxTargets, max_length: int
 ) -> dict[str, list[SFTExample]]:
     out: dict[str, list[SFTExample]] = {}
-    for name in AUX_TASKS:
+    for name, prompt in AUX_PROMPTS.items():
         task = f"{AUX_PARENT}:{name}"
         examples = []
         for rec in records:
@@ -205,8 +202,8 @@ def aux_examples(
                 examples.append(
                     encode(
                         fmt,
-                        aux_messages(name),
-                        aux_body(name, rec),
+                        prompt.messages(),
+                        prompt.body(rec),
                         target,
                         max_length,
                         task,
@@ -312,7 +309,7 @@ def train_multitask(
     base_path = resolve_base(cfg.base)
     teacher_path = resolve_base(cfg.aux_model) if cfg.aux_model else None
     set_threads(cfg.threads)
-    if (out / "affedge.json").exists() and not resume:
+    if has_manifest(out) and not resume:
         raise AffedgeError(f"{out} holds an earlier run: pass --resume or another --out")
     out.mkdir(parents=True, exist_ok=True)
     start_time = time.perf_counter()
@@ -334,7 +331,7 @@ def train_multitask(
     if cfg.aux and AUX_PARENT in cfg.tasks:
         from affedge.train.hf_base import is_gguf
 
-        teacher_file = teacher_path or resolve_base("smollm2-135m-instruct")
+        teacher_file = teacher_path or resolve_base(DEFAULT_BASE)
         if not is_gguf(teacher_file):
             raise AffedgeError(f"--aux-model {teacher_file}: must be a GGUF file (runtime engine)")
         teacher = AuxTargets(teacher_file, cfg.threads)
@@ -354,7 +351,7 @@ def train_multitask(
             "teacher": str(teacher_file),
             "cache": str(teacher.file),
             "generated_now": teacher.generated,
-            "instructions": {k: v[0] for k, v in AUX_TASKS.items()},
+            "instructions": {k: v.instruction for k, v in AUX_PROMPTS.items()},
             "examples": {k: len(v) for k, v in aux.items()},
             "sample": {
                 k: fmt.tokenizer.decode(
@@ -406,14 +403,12 @@ def train_multitask(
         log(f"{sd.source.key}: validation {res['metric']} {res['value']} (n={res['n']})")
 
     manifest = base_manifest(cfg, base_path, merged, fmt, "multitask", quant)
-    labels: dict[str, list[str]] = {}
+    manifest.tasks = list(cfg.tasks)
     for sd in sources:
-        labels.setdefault(sd.source.bench.task, list(sd.source.spec.answers))
-    manifest.update(
+        manifest.labels.setdefault(sd.source.bench.task, list(sd.source.spec.answers))
+    manifest.info.update(
         {
             "stages": [],
-            "tasks": list(cfg.tasks),
-            "labels": labels,
             "dataset_labels": {sd.source.key: list(sd.source.spec.answers) for sd in sources},
             "data": [sd.data for sd in sources],
             "aux": aux_info,
@@ -438,5 +433,5 @@ def train_multitask(
         }
     )
     save_model(merged, tokenizer, out, model_dtype_for_save(device))
-    write_manifest(out, manifest)
-    return manifest
+    manifest.write(out)  # last: a folder with a manifest holds a complete model
+    return manifest.to_dict()

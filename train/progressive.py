@@ -21,7 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from affedge.errors import AffedgeError, DataError
+from affedge.artifact import has_manifest
+from affedge.atomic import atomic_write_text
+from affedge.benchmarks import stage_datasets
+from affedge.errors import AffedgeError
 from affedge.tasks import Level
 from affedge.train.llm_common import (
     LLMConfig,
@@ -31,7 +34,6 @@ from affedge.train.llm_common import (
     resolve_base,
     sequential_batches,
     steps_for,
-    write_manifest,
 )
 from affedge.train.llm_eval import evaluate_source
 from affedge.train.lora import (
@@ -49,23 +51,51 @@ from affedge.train.lora import (
     train_loop,
     versions,
 )
+from affedge.train.recipe import comma_list, key_map, key_map_text, option
 from affedge.train.sft_data import ChatFormat, find_source
 
 STAGES: dict[str, Level] = {"sa": "SA", "erc": "ERC", "sd": "SD"}
-DEFAULT_DATA: dict[str, tuple[str, ...]] = {
-    "sa": ("sst2", "tweet_eval_sentiment"),
-    "erc": ("meld", "emorynlp", "dailydialog"),
-    "sd": ("mustard", "mustard_plus_plus", "tweet_eval_irony"),
-}
+#: stage -> its default datasets: the ``progressive`` rows of the benchmark table at its level.
+DEFAULT_DATA: dict[str, tuple[str, ...]] = {s: stage_datasets(lv) for s, lv in STAGES.items()}
 #: GSA section 5: Adam with learning rates {8e-5, 2e-4, 1e-4} for the three levels.
 PAPER_LR: dict[str, float] = {"sa": 8e-5, "erc": 2e-4, "sd": 1e-4}
 
 
+def parse_stage_data(values: str | list[str] | None) -> dict[str, list[str]]:
+    """``--data sa=sst2,meld --data erc=meld`` -> ``{"sa": ["sst2", "meld"], ...}``."""
+    return key_map(values, comma_list, "STAGE")
+
+
+def parse_stage_lr(value: str) -> dict[str, float]:
+    """``--lr``: one learning rate for every stage, or ``sa=8e-5,erc=2e-4,sd=1e-4``."""
+    if "=" in value:
+        return key_map(value.replace(",", " "), float, "STAGE")
+    return dict.fromkeys(STAGES, float(value))
+
+
 @dataclass
 class ProgressiveConfig(LLMConfig):
-    stages: list[str] = field(default_factory=lambda: list(STAGES))
-    data: dict[str, list[str]] = field(default_factory=dict)
-    lr: dict[str, float] = field(default_factory=dict)
+    """The progressive recipe: :class:`LLMConfig` plus its stages, their data and LRs."""
+
+    stages: list[str] = field(
+        default_factory=lambda: list(STAGES), metadata=option("Comma-separated stages in order.")
+    )
+    data: dict[str, list[str]] = field(
+        default_factory=dict,
+        metadata=option(
+            "STAGE=DATASET,... replacing a stage's datasets; repeatable "
+            f"(default: {key_map_text(DEFAULT_DATA)}).",
+            parse=parse_stage_data,
+            multiple=True,
+        ),
+    )
+    lr: dict[str, float] = field(
+        default_factory=dict,
+        metadata=option(
+            f"One LR for every stage, or STAGE=LR,... (default: {key_map_text(PAPER_LR, ',')}).",
+            parse=parse_stage_lr,
+        ),
+    )
 
     def datasets(self, stage: str) -> list[str]:
         return list(self.data.get(stage) or DEFAULT_DATA[stage])
@@ -106,7 +136,7 @@ def train_progressive(
     quant = resolve_quant(cfg.quant, device)
     base_path = resolve_base(cfg.base)
     set_threads(cfg.threads)
-    earlier = (out / "stages").exists() or (out / "affedge.json").exists()
+    earlier = (out / "stages").exists() or has_manifest(out)
     if earlier and not resume:
         raise AffedgeError(f"{out} holds an earlier run: pass --resume or another --out")
     out.mkdir(parents=True, exist_ok=True)
@@ -187,7 +217,7 @@ def train_progressive(
                 )
         validation[stage] = after
         info["validation"] = after
-        (sdir / "done.json").write_text(json.dumps(info, indent=2) + "\n")
+        atomic_write_text(sdir / "done.json", json.dumps(info, indent=2) + "\n")
         stage_info.append(info)
         if quant == "nf4" and index + 1 < len(cfg.stages):
             # The next stage quantizes the merged model again: give it a folder to load.
@@ -201,11 +231,11 @@ def train_progressive(
     forgetting = _forgetting(cfg.stages, validation)
     manifest = base_manifest(cfg, base_path, model, fmt, "progressive", quant)
     keys = [(sd.source.bench.task, sd) for stage in cfg.stages for sd in data[stage]]
-    manifest.update(
+    manifest.tasks = sorted({task for task, _ in keys})
+    manifest.labels = _task_labels(keys)
+    manifest.info.update(
         {
             "stages": stage_info,
-            "tasks": sorted({task for task, _ in keys}),
-            "labels": _task_labels(keys),
             "dataset_labels": {sd.source.key: list(sd.source.spec.answers) for _, sd in keys},
             "data": [sd.data for stage in cfg.stages for sd in data[stage]],
             "hyperparameters": {
@@ -221,9 +251,9 @@ def train_progressive(
         }
     )
     save_model(model, tokenizer, out, model_dtype_for_save(device))
-    write_manifest(out, manifest)
+    manifest.write(out)  # last: a folder with a manifest holds a complete model
     shutil.rmtree(out / ".work", ignore_errors=True)
-    return manifest
+    return manifest.to_dict()
 
 
 def _task_labels(keys: list[tuple[str, Any]]) -> dict[str, list[str]]:
@@ -274,17 +304,4 @@ def _forgetting(stages: list[str], validation: dict[str, dict[str, Any]]) -> dic
                         s: validation[s][key]["value"] for s in stages if key in validation[s]
                     },
                 }
-    return out
-
-
-def parse_stage_map(value: str | None, convert: Callable[[str], Any]) -> dict[str, Any]:
-    """``sa=a,b;erc=c`` or ``sa=a,b erc=c`` style option values -> {stage: ...}."""
-    if not value:
-        return {}
-    out: dict[str, Any] = {}
-    for part in value.replace(";", " ").split():
-        stage, sep, rest = part.partition("=")
-        if not sep:
-            raise DataError(f"expected STAGE=VALUE in {value!r}, got {part!r}")
-        out[stage.strip()] = convert(rest)
     return out

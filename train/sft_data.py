@@ -1,17 +1,16 @@
 """Supervised fine-tuning examples for decoder LLMs, built exactly as the runtime prompts.
 
-One source of truth: the prompt of every example is ``prompt_spec(task, labels).messages``
-from :mod:`affedge.prompts`, rendered with the model's chat template and split at
-:data:`~affedge.prompts.ITEM_SLOT` the way :class:`affedge.engines.gguf.GGUFEngine` does it:
+One source of truth: prompts come from :mod:`affedge.prompts` and become token ids in its
+:class:`~affedge.prompts.PromptBuilder`, the code every runtime engine uses; this module only
+adapts a HF tokenizer to the builder's :class:`~affedge.prompts.PromptTokenizer`
+(:class:`ChatFormat`). So, as at run time: template glue is tokenized with special tokens
+parsed and the item body without (a text holding ``<|im_end|>`` stays data), BOS is added
+only when the model asks for it and the template did not render one, and a body too long for
+``max_length`` is cut in the middle.
 
-* the text before the slot (system message, progressive instruction, options) is tokenized
-  with special tokens parsed (it is template glue), and no BOS is added on top of what the
-  template renders (llama.cpp adds one only when the file asks and the template did not);
-* the item body (context, aspect, text) is tokenized *without* parsing special tokens, so a
-  text holding ``<|im_end|>`` stays data, and is cut in the middle when it does not fit;
-* the answer is the label text followed by the end-of-turn token; the loss covers the answer
-  only (``labels`` are -100 everywhere else). Score tasks answer with the digit
-  ``round(score * 9)`` of the value mapped to [0, 1].
+The answer is the label text followed by the end-of-turn token; the loss covers the answer
+only (``labels`` are -100 everywhere else). Score tasks answer with the digit
+``round(score * 9)`` of the value mapped to [0, 1].
 
 A :class:`Source` ties a dataset to the registry task and label set it is trained and
 evaluated with (the registry's :data:`~affedge.tasks.BENCHMARKS` entry).
@@ -28,7 +27,14 @@ from typing import Any
 
 from affedge.datasets import DATASETS, load_dataset
 from affedge.errors import DataError, ModelError
-from affedge.prompts import ITEM_SLOT, PromptSpec, item_body, prompt_spec
+from affedge.prompts import (
+    ChatTemplate,
+    Messages,
+    PromptBuilder,
+    PromptSpec,
+    WindowTooSmall,
+    prompt_spec,
+)
 from affedge.records import Record
 from affedge.tasks import BENCHMARKS, TASKS, Benchmark, Level, Task
 
@@ -42,46 +48,51 @@ SCORE_RANGES: dict[str, tuple[float, float]] = {"emobank": (1.0, 5.0)}
 
 
 class ChatFormat:
-    """A HF tokenizer wrapped to produce the runtime's prompt tokens (see module docstring)."""
+    """A HF tokenizer as a :class:`~affedge.prompts.PromptTokenizer`, with the
+    :class:`~affedge.prompts.PromptBuilder` that turns prompts into ids for it (``prompts``).
+
+    The chat template is rendered by the runtime's own renderer
+    (:class:`~affedge.prompts.ChatTemplate`), not ``apply_chat_template``: a model trained here
+    runs on that renderer, and HF's adds things the runtime does not (``strftime_now``, every
+    special token), so the two could render a template differently.
+    """
 
     def __init__(self, tokenizer: Any, eos_token_id: int | Sequence[int] | None = None) -> None:
-        if not getattr(tokenizer, "chat_template", None):
+        source = getattr(tokenizer, "chat_template", None)
+        if not isinstance(source, str) or not source:
             raise ModelError("the base model's tokenizer has no chat template")
         self.tokenizer = tokenizer
-        self.eot_id = self._end_of_turn(eos_token_id)
+        eos = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id or [])
+        if not eos and tokenizer.eos_token_id is not None:
+            eos = [tokenizer.eos_token_id]
+        bos_text = tokenizer.bos_token or ""
+        probe = ChatTemplate(
+            source, bos_text, tokenizer.convert_ids_to_tokens(eos[0]) if eos else ""
+        )
+        self.eot_id = self._end_of_turn(probe, eos)
         self.eot_text = tokenizer.convert_ids_to_tokens(self.eot_id)
-        self._split: dict[tuple, tuple[list[int], list[int]]] = {}
+        self.bos_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else -1
+        self.add_bos = bool(getattr(tokenizer, "add_bos_token", False))
+        self.template = ChatTemplate(source, bos_text, self.eot_text)
+        self.prompts = PromptBuilder(self)
 
-    def _end_of_turn(self, eos: int | Sequence[int] | None) -> int:
+    def _end_of_turn(self, probe: ChatTemplate, eos: list[int]) -> int:
         """The token that ends an assistant turn: the first token the template puts after an
         assistant message, when it is one of the model's EOS ids (Llama 3 lists several);
         else the model config's (first) EOS id. GGUF conversions can carry a wrong
         ``tokenizer.eos_token`` (SmolLM2's says ``<|im_start|>``), the config's id is right."""
-        ids = [eos] if isinstance(eos, int) else list(eos or [])
-        if not ids and self.tokenizer.eos_token_id is not None:
-            ids = [self.tokenizer.eos_token_id]
         sentinel = "\x00A\x00"
         msgs = [{"role": "user", "content": "q"}, {"role": "assistant", "content": sentinel}]
         try:
-            text = self.tokenizer.apply_chat_template(msgs, tokenize=False)
-            after = text.split(sentinel, 1)[1]
-            first = self.tokenizer(after, add_special_tokens=False).input_ids[:1]
+            after = probe.render(msgs, add_generation_prompt=False).split(sentinel, 1)[1]
+            first = self.tokens(after, special=True)[:1]
         except Exception:  # a template that refuses this conversation shape
             first = []
-        if first and (not ids or first[0] in ids):
+        if first and (not eos or first[0] in eos):
             return int(first[0])
-        if not ids:
+        if not eos:
             raise ModelError("cannot tell the end-of-turn token: no EOS id in the model config")
-        return int(ids[0])
-
-    def render(self, messages: Sequence[dict[str, str]]) -> str:
-        """The chat template applied to ``messages``, ending at the assistant's turn."""
-        return self.tokenizer.apply_chat_template(
-            list(messages),
-            tokenize=False,
-            add_generation_prompt=True,
-            eos_token=self.eot_text,
-        )
+        return int(eos[0])
 
     def tokens(self, text: str, special: bool) -> list[int]:
         """``text`` as ids; ``special=False`` keeps special-token strings as plain text."""
@@ -91,48 +102,9 @@ class ChatFormat:
             ).input_ids
         )
 
-    def split_prompt(self, messages: Sequence[dict[str, str]]) -> tuple[list[int], list[int]]:
-        """Tokens before and after :data:`ITEM_SLOT` in the rendered ``messages`` (cached)."""
-        key = tuple(tuple(sorted(m.items())) for m in messages)
-        if key not in self._split:
-            before, sep, after = self.render(messages).partition(ITEM_SLOT)
-            if not sep:
-                raise ModelError("the chat template dropped the user message")
-            self._split[key] = (self.tokens(before, True), self.tokens(after, True))
-        return self._split[key]
-
-    def answer_tokens(self, answers: Sequence[str]) -> list[list[int]]:
-        """The continuations the runtime scores: each answer's tokens, plus the end-of-turn
-        token on all of them when one answer's tokens are a prefix of another's."""
-        toks = [self.tokens(a, special=False) for a in answers]
-        if any(not t for t in toks):
-            raise ModelError(f"an answer tokenizes to nothing: {list(answers)}")
-        if any(
-            i != j and len(a) <= len(b) and b[: len(a)] == a
-            for i, a in enumerate(toks)
-            for j, b in enumerate(toks)
-        ):
-            toks = [[*t, self.eot_id] for t in toks]
-        return toks
-
-    def prompt(
-        self, messages: Sequence[dict[str, str]], body: str, max_length: int, reserve: int
-    ) -> tuple[list[int], bool]:
-        """Head + body + suffix ids, the body cut in the middle to leave ``reserve`` tokens
-        free within ``max_length`` (as the runtime cuts at its context window)."""
-        head, suffix = self.split_prompt(messages)
-        ids = self.tokens(body, special=False)
-        room = max_length - len(head) - len(suffix) - reserve
-        if room < 8:
-            raise DataError(
-                f"--max-length {max_length} leaves no room for the text after the prompt's "
-                f"{len(head) + len(suffix)} instruction tokens; raise it"
-            )
-        cut = len(ids) > room
-        if cut:
-            keep = room // 2
-            ids = ids[:keep] + ids[len(ids) - (room - keep) :]
-        return head + ids + suffix, cut
+    def render(self, messages: Messages) -> str:
+        """The chat template applied to ``messages``, ending at the assistant's turn."""
+        return self.template.render(messages)
 
 
 # ------------------------------------------------------------------ sources
@@ -260,9 +232,29 @@ class SFTExample:
         return next(i for i, lab in enumerate(self.labels) if lab != IGNORE)
 
 
+def _example(
+    head: list[int],
+    item: list[int],
+    target: list[int],
+    truncated: bool,
+    task: str,
+    source: str,
+    record_id: str,
+) -> SFTExample:
+    prompt = head + item
+    return SFTExample(
+        input_ids=prompt + target,
+        labels=[IGNORE] * len(prompt) + target,
+        task=task,
+        source=source,
+        record_id=record_id,
+        truncated=truncated,
+    )
+
+
 def encode(
     fmt: ChatFormat,
-    messages: Sequence[dict[str, str]],
+    messages: Messages,
     body: str,
     answer: str,
     max_length: int,
@@ -271,24 +263,27 @@ def encode(
     record_id: str = "",
     max_answer: int = 48,
 ) -> SFTExample:
-    """Prompt ids as the runtime builds them, then ``answer`` + end-of-turn as the target."""
-    ans = [*fmt.tokens(answer, special=False)[:max_answer], fmt.eot_id]
-    prompt, cut = fmt.prompt(messages, body, max_length, reserve=len(ans))
-    return SFTExample(
-        input_ids=prompt + ans,
-        labels=[IGNORE] * len(prompt) + ans,
-        task=task,
-        source=source,
-        record_id=record_id,
-        truncated=cut,
-    )
+    """``messages`` with ``body`` in the item slot as the runtime builds them, then ``answer``
+    + end-of-turn as the target (auxiliary tasks; registry tasks: :func:`build_examples`)."""
+    target = fmt.prompts.target(answer, max_answer)
+    head, suffix = fmt.prompts.split(messages)
+    try:
+        item, cut = fmt.prompts.fit(head, suffix, body, max_length, reserve=len(target))
+    except WindowTooSmall as exc:
+        raise DataError(f"--max-length: {exc}; raise it") from None
+    return _example(head, item, target, cut, task, source, record_id)
 
 
 def build_examples(
-    fmt: ChatFormat, source: Source, records: Sequence[Record], max_length: int
+    fmt: ChatFormat,
+    source: Source,
+    records: Sequence[Record],
+    max_length: int,
+    max_answer: int = 48,
 ) -> tuple[list[SFTExample], list[str]]:
-    """Examples of ``records`` for ``source``, and the answers (for the data fingerprint)."""
-    spec = source.spec
+    """Examples of ``records`` for ``source``, and the answers (for the data fingerprint):
+    each record's prompt exactly as an engine builds it (:meth:`PromptBuilder.build`)."""
+    labels = source.labels if source.task.kind == "classify" else None
     out, answers = [], []
     for rec in records:
         value = gold(source, rec)
@@ -296,13 +291,19 @@ def build_examples(
             continue
         ans = answer_text(source, value)
         answers.append(ans)
+        target = fmt.prompts.target(ans, max_answer)
+        try:
+            built = fmt.prompts.build(
+                source.task, rec, labels, window=max_length, reserve=len(target)
+            )
+        except WindowTooSmall as exc:
+            raise DataError(f"--max-length: {exc}; raise it") from None
         out.append(
-            encode(
-                fmt,
-                spec.messages,
-                item_body(source.task, rec),
-                ans,
-                max_length,
+            _example(
+                built.head,
+                built.item,
+                target,
+                built.truncated,
                 source.bench.task,
                 source.key,
                 rec.id,

@@ -5,9 +5,27 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from enum import Enum
+from typing import Any, ClassVar
 
+from affedge.errors import ModelError
 from affedge.records import Record
 from affedge.tasks import Task
+
+
+class Capability(str, Enum):
+    """What an engine can do beyond the interface every engine has."""
+
+    #: Label probabilities for a task (``classify``).
+    LABELS = "labels"
+    #: A [0, 1] intensity for a task (``score``).
+    SCORES = "scores"
+    #: Every head in one pass (``analyze``, ``--task all``).
+    ALL_HEADS = "all-heads"
+    #: Multi-turn chat with label scoring (``chat``, SANM negotiation).
+    CHAT = "chat"
+    #: Any label set (``--labels``); without it only subsets of a head's labels.
+    CUSTOM_LABELS = "custom-labels"
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,13 +50,17 @@ class ScoreResult:
 
 
 class Engine(ABC):
-    """A loaded model that can score labels, score a number and generate text.
+    """A loaded model that scores labels and numbers; backends declare what else they can do
+    in :attr:`capabilities` (commands check it, never ``hasattr``).
 
     Engines are deterministic: the same record, task and label set always give the same
     result, whatever was processed before it.
     """
 
     name: str
+    capabilities: ClassVar[frozenset[Capability]] = frozenset(
+        {Capability.LABELS, Capability.SCORES}
+    )
 
     @abstractmethod
     def classify(
@@ -50,11 +72,17 @@ class Engine(ABC):
     def score(self, records: Iterable[Record], task: Task) -> Iterator[ScoreResult]:
         """A [0, 1] intensity per record, yielded in input order."""
 
-    @abstractmethod
-    def generate(
-        self, messages: Sequence[dict[str, str]], max_tokens: int = 32, stop: Sequence[str] = ()
-    ) -> str:
-        """Greedy chat completion (used by baselines and negotiation, not by classify)."""
+    def analyze(self, records: Iterable[Record]) -> Iterator[dict[str, Any]]:
+        """Every head per record (engines with :attr:`Capability.ALL_HEADS`)."""
+        raise ModelError(f"{self.name}: answers one task per run (no --task all)")
+
+    def supports(self, capability: Capability) -> bool:
+        return capability in self.capabilities
+
+    def require(self, capability: Capability, what: str) -> None:
+        """ModelError naming ``what`` unless this engine has ``capability``."""
+        if capability not in self.capabilities:
+            raise ModelError(f"{what} is not supported by {self.name} ({type(self).__name__})")
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release native resources early (engines also free them when collected)."""

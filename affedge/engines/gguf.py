@@ -1,7 +1,8 @@
 """GGUF models on llama.cpp (llama-cpp-python).
 
 Classification reads label log-probabilities at the answer position instead of generating
-(prompt and scoring rules shared with every decoder backend: engines/decoder.py):
+(prompts are built by affedge/prompts.py on :class:`LlamaCppTokenizer`, scoring rules are
+shared with every decoder backend: engines/decoder.py):
 
 * the task's *head* (system message, instruction, options: everything before the item) is
   evaluated once and its KV cache kept; each item then evaluates only its own tokens;
@@ -18,13 +19,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
-from affedge.engines.base import LabelResult
-from affedge.engines.decoder import DecoderEngine, Prepared, compile_chat_template, log_softmax
+from affedge.artifact import GGUF_MAGIC
+from affedge.engines.base import Capability, LabelResult
+from affedge.engines.decoder import DecoderEngine, label_result, log_softmax
 from affedge.errors import ModelError
-from affedge.models import GGUF_MAGIC, ModelRef
+from affedge.models import ModelRef
+from affedge.prompts import ChatTemplate, ItemPrompt, Messages
 
 DEFAULT_N_CTX = 2048
 #: Tokens a negotiation keeps free after the item for its deductions, verdicts and turns.
@@ -33,6 +37,8 @@ CHAT_RESERVE = 512
 
 class GGUFEngine(DecoderEngine):
     """Label and score prediction with a GGUF model on llama.cpp."""
+
+    capabilities = DecoderEngine.capabilities | {Capability.CHAT}
 
     def __init__(
         self,
@@ -66,24 +72,9 @@ class GGUFEngine(DecoderEngine):
             ) from None
         self.n_ctx = self._llm.n_ctx()
         self.n_vocab = self._llm.n_vocab()
-        self._eot = self._llm.token_eos()
-        self._bos_id = self._llm.token_bos()
-        self._add_bos = self._llm.metadata.get("tokenizer.ggml.add_bos_token", "false") == "true"
-        self._bos_text = self._piece(self._bos_id)
-        self._eos_text = self._piece(self._eot)
+        self.tokenizer = LlamaCppTokenizer(self._llm)
         self._init_prompt_cache()
         self._cached_head: list[int] | None = None
-        self._glue: tuple[list[int], list[int]] | None = None
-        template = self._llm.metadata.get("tokenizer.chat_template")
-        self._template = compile_chat_template(template) if template else None
-
-    def _tokens(self, text: str, special: bool) -> list[int]:
-        return self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=special)
-
-    def _piece(self, token: int) -> str:
-        if token < 0:
-            return ""
-        return self._llm.detokenize([token], special=True).decode("utf-8", errors="ignore")
 
     # ------------------------------------------------------------------ decoding
 
@@ -126,14 +117,13 @@ class GGUFEngine(DecoderEngine):
         self._cached_head = None
         return self._decode(list(ids), 0, all_logits=False)[-1]
 
-    def _answer_logprobs(self, prep: Prepared, body_text: str) -> tuple[np.ndarray, bool]:
-        """log p(answer | prompt) for every answer of ``prep`` (one row per answer)."""
-        self._ensure_head(prep.head)
-        item, truncated = self._item_tokens(prep.head, prep.suffix, prep.max_answer + 1, body_text)
-        start = len(prep.head)
-        first = log_softmax(self._decode(item, start, all_logits=False)[-1])
-        scores = self._continuations(first, prep.answers, prep.first_only, start + len(item))
-        return scores, truncated
+    def _answer_logprobs(self, prompt: ItemPrompt) -> np.ndarray:
+        """log p(answer | prompt) for every answer of ``prompt`` (the head's KV cache kept)."""
+        self._ensure_head(prompt.head)
+        start = len(prompt.head)
+        first = log_softmax(self._decode(prompt.item, start, all_logits=False)[-1])
+        end = start + len(prompt.item)
+        return self._continuations(first, prompt.answers, prompt.first_only, end)
 
     def _continuations(
         self, first: np.ndarray, answers: list[list[int]], first_only: bool, pos: int
@@ -158,7 +148,7 @@ class GGUFEngine(DecoderEngine):
     def generate(
         self, messages: Sequence[dict[str, str]], max_tokens: int = 32, stop: Sequence[str] = ()
     ) -> str:
-        prompt = self._tokens(self._render(messages), special=True)
+        prompt = self.prompts.conversation(messages)
         self._cached_head = None  # create_completion rewrites the KV cache
         self._llm.n_tokens = 0
         out = self._llm.create_completion(
@@ -171,23 +161,11 @@ class GGUFEngine(DecoderEngine):
     def chat(self, messages: Sequence[dict[str, str]], body: str) -> ChatState:
         """Start a conversation: ``messages`` (with :data:`ITEM_SLOT` in the last user message,
         whose head is cached across items) with ``body`` in the slot, at the assistant's turn."""
-        head, suffix = self._split_prompt(messages)
+        head, suffix = self.prompts.split(messages)
         self._ensure_head(head)
-        item, truncated = self._item_tokens(head, suffix, CHAT_RESERVE, body)
+        item, truncated = self.prompts.fit(head, suffix, body, self.n_ctx, CHAT_RESERVE)
         logits = self._decode(item, len(head), all_logits=False)[-1]
         return ChatState(self, len(head) + len(item), logits, truncated)
-
-    def _turn_glue(self) -> tuple[list[int], list[int]]:
-        """Tokens that end an assistant turn and open a user turn, and that end a user turn
-        and open the assistant's, read off the chat template with sentinel contents."""
-        if self._glue is None:
-            a, u = "\x00A\x00", "\x00U\x00"
-            msgs = [{"role": "user", "content": "q"}, {"role": "assistant", "content": a}]
-            text = self._render([*msgs, {"role": "user", "content": u}])
-            between = text.split(a, 1)[1].split(u, 1)[0]
-            after = text.split(u, 1)[1]
-            self._glue = (self._tokens(between, special=True), self._tokens(after, special=True))
-        return self._glue
 
     def close(self) -> None:
         llm = getattr(self, "_llm", None)
@@ -220,21 +198,19 @@ class ChatState:
 
     def add(self, text: str) -> None:
         """Append ``text`` to the current turn (never parsed for special tokens)."""
-        self._append(self.engine._tokens(text, special=False))
+        self._append(self.engine.tokenizer.tokens(text, special=False))
 
     def choose(self, answers: Sequence[str], allowed: Sequence[str] | None = None) -> LabelResult:
         """Probabilities of ``answers`` (restricted to ``allowed``) continuing here."""
         options = [a for a in answers if allowed is None or a in allowed]
-        tokens, first_only = self.engine._answer_tokens(options)
+        tokens, first_only = self.engine.prompts.answer_tokens(options)
         logp = self.engine._continuations(log_softmax(self.logits), tokens, first_only, self.pos)
-        probs = np.exp(logp - logp.max())
-        probs /= probs.sum()
-        return LabelResult({a: float(p) for a, p in zip(options, probs, strict=True)})
+        return label_result(options, logp, truncated=False)
 
     def generate(self, max_tokens: int) -> str:
         """Greedy continuation of the current turn, up to a newline or the end of the turn."""
         llm = self.engine._llm
-        stop = {self.engine._eot, llm.token_eos()}
+        stop = {self.engine.tokenizer.eot_id, llm.token_eos()}
         out: list[int] = []
         for _ in range(max_tokens):
             tok = int(np.argmax(self.logits))
@@ -249,10 +225,38 @@ class ChatState:
 
     def user_turn(self, text: str) -> None:
         """Close the assistant's turn, add a user turn with ``text``, open the assistant's."""
-        close, open_ = self.engine._turn_glue()
+        close, open_ = self.engine.prompts.turn_glue()
         self._append(close)
         self.add(text)
         self._append(open_)
+
+
+class LlamaCppTokenizer:
+    """The vocabulary, special tokens and chat template of a loaded GGUF model, as a
+    :class:`~affedge.prompts.PromptTokenizer`."""
+
+    def __init__(self, llm: Any) -> None:
+        self._llm = llm
+        self.eot_id: int = llm.token_eos()
+        self.bos_id: int = llm.token_bos()
+        self.add_bos = llm.metadata.get("tokenizer.ggml.add_bos_token", "false") == "true"
+        self.template = ChatTemplate(
+            llm.metadata.get("tokenizer.chat_template"),
+            self.piece(self.bos_id),
+            self.piece(self.eot_id),
+        )
+
+    def tokens(self, text: str, special: bool) -> list[int]:
+        return self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=special)
+
+    def piece(self, token: int) -> str:
+        """The text of one token, special tokens spelled out ('' for none)."""
+        if token < 0:
+            return ""
+        return self._llm.detokenize([token], special=True).decode("utf-8", errors="ignore")
+
+    def render(self, messages: Messages) -> str:
+        return self.template.render(messages)
 
 
 def _check_gguf_file(ref: ModelRef) -> None:

@@ -1,0 +1,173 @@
+"""`affedge classify`, `score` and `negotiate`: thin wrappers over :func:`annotate_file`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from affedge.cli.options import (
+    EncodingOpt,
+    FormatOpt,
+    InputArg,
+    InputFormatOpt,
+    LabelsOpt,
+    ModelOpt,
+    OutputOpt,
+    QuietOpt,
+    ResumeOpt,
+    TextFieldOpt,
+    ThreadsOpt,
+    output_format,
+    parse_labels,
+    progress,
+    stderr,
+)
+from affedge.io import MAX_ITEM_CHARS
+from affedge.negotiate import DEFAULT_MAX_ROUNDS
+from affedge.runner import NEGOTIATE_TASKS, Job, RunInterrupted, RunSummary, annotate_file
+from affedge.tasks import CLASSIFY_TASKS, SCORE_TASKS
+
+VERBS = {"classify": "classified", "score": "scored", "negotiate": "negotiated"}
+
+
+def run(
+    job: Job,
+    input_path: str,
+    model: str | None,
+    fmt: FormatOpt,
+    output: Path | None,
+    text_field: str | None,
+    input_format: str | None,
+    encoding: str,
+    resume: bool,
+    threads: int | None,
+    quiet: bool,
+) -> None:
+    """Run ``job`` over a file with a progress bar and a one-line summary on stderr."""
+    with progress(quiet) as bar_display:
+        bar = bar_display.add_task(job.command, total=None)
+
+        def on_start(total: int, done: int) -> None:
+            bar_display.update(bar, total=total, completed=done)
+
+        try:
+            summary = annotate_file(
+                input_path, job, model, output, output_format(fmt, output), text_field,
+                input_format, encoding, resume, threads, on_start, lambda: bar_display.advance(bar),
+            )  # fmt: skip
+        except RunInterrupted as stop:
+            where = f"; rerun with --resume to continue into {output}" if output else ""
+            stderr(f"affedge: interrupted after {stop.done} of {stop.total} items{where}")
+            raise typer.Exit(130) from None
+    if not quiet:
+        _summary(job.command, summary)
+
+
+def _summary(command: str, s: RunSummary) -> None:
+    if s.complete_already:
+        stderr(f"affedge: {s.output} is already complete; nothing to resume")
+        return
+    rate = s.processed / s.seconds if s.seconds > 0 else 0.0
+    notes = []
+    if s.blank:
+        notes.append(f"{s.blank} blank lines skipped")
+    if s.clipped:
+        notes.append(f"{s.clipped} items over {MAX_ITEM_CHARS:,} characters cut")
+    if s.truncated:
+        notes.append(f"{s.truncated} items truncated to the context window")
+    if s.resumed:
+        notes.append(f"{s.resumed} items resumed from the partial run")
+    where = f" -> {s.output}" if s.output else ""
+    extra = f" ({'; '.join(notes)})" if notes else ""
+    stderr(
+        f"affedge: {s.processed} items {VERBS[command]} in {s.seconds:.1f} s ({rate:.1f} items/s) "
+        f"with {s.model}{extra}{where}"
+    )
+
+
+def classify(
+    input: InputArg,
+    task: Annotated[
+        str,
+        typer.Option(
+            "--task",
+            "-t",
+            help=f"One of: {', '.join(CLASSIFY_TASKS)}, or all (every head of an encoder model).",
+        ),
+    ] = "sentiment",
+    model: ModelOpt = None,
+    labels: LabelsOpt = None,
+    format: FormatOpt = None,
+    output: OutputOpt = None,
+    text_field: TextFieldOpt = None,
+    input_format: InputFormatOpt = None,
+    encoding: EncodingOpt = "utf-8",
+    resume: ResumeOpt = False,
+    threads: ThreadsOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Label every item of INPUT with a probability for each label."""
+    job = Job("classify", task, parse_labels(labels))
+    run(job, input, model, format, output, text_field, input_format, encoding, resume, threads,
+        quiet)  # fmt: skip
+
+
+def score(
+    input: InputArg,
+    task: Annotated[
+        str,
+        typer.Option(
+            "--task", "-t", help=f"One of: {', '.join(SCORE_TASKS)}, or all (every head)."
+        ),
+    ],
+    model: ModelOpt = None,
+    format: FormatOpt = None,
+    output: OutputOpt = None,
+    text_field: TextFieldOpt = None,
+    input_format: InputFormatOpt = None,
+    encoding: EncodingOpt = "utf-8",
+    resume: ResumeOpt = False,
+    threads: ThreadsOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Score the intensity (0 to 1) of every item of INPUT."""
+    job = Job("score", task)
+    run(job, input, model, format, output, text_field, input_format, encoding, resume, threads,
+        quiet)  # fmt: skip
+
+
+def negotiate(
+    input: InputArg,
+    task: Annotated[
+        str, typer.Option("--task", "-t", help=", ".join(NEGOTIATE_TASKS) + ".")
+    ] = "emotion",
+    max_rounds: Annotated[
+        int, typer.Option(min=1, help="Generator/discriminator rounds before the fallback.")
+    ] = DEFAULT_MAX_ROUNDS,
+    trace: Annotated[bool, typer.Option("--trace", help="Add every round to each record.")] = False,
+    agree_threshold: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="P(agree) the discriminator needs.")
+    ] = 0.5,
+    model: ModelOpt = None,
+    labels: LabelsOpt = None,
+    format: FormatOpt = None,
+    output: OutputOpt = None,
+    text_field: TextFieldOpt = None,
+    input_format: InputFormatOpt = None,
+    encoding: EncodingOpt = "utf-8",
+    resume: ResumeOpt = False,
+    threads: ThreadsOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Label INPUT by SANM negotiation: the model proposes, judges itself, and repeats."""
+    job = Job("negotiate", task, parse_labels(labels), max_rounds, trace, agree_threshold)
+    run(job, input, model, format, output, text_field, input_format, encoding, resume, threads,
+        quiet)  # fmt: skip
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(classify)
+    app.command()(score)
+    app.command()(negotiate)

@@ -1,0 +1,133 @@
+"""Options shared by the CLI's commands (one definition each), and the CLI's small helpers.
+
+Plugin command packages (train/, export/, bench/) import these too, so an option reads the
+same everywhere.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from affedge.errors import AffedgeError, InputError
+
+
+class Format(str, Enum):
+    jsonl = "jsonl"
+    csv = "csv"
+    table = "table"
+
+
+def stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+InputArg = Annotated[
+    str, typer.Argument(help="Input file (.txt, .csv, .tsv, .jsonl) or - for stdin.")
+]
+ModelOpt = Annotated[
+    str | None, typer.Option("--model", "-m", help="Built-in model name or path to a local model.")
+]
+FormatOpt = Annotated[
+    Format | None,
+    typer.Option(
+        "--format", "-f", help="Output format (default: table on a terminal, else jsonl)."
+    ),
+]
+OutputOpt = Annotated[
+    Path | None, typer.Option("--output", "-o", help="Write here (atomically) instead of stdout.")
+]
+TextFieldOpt = Annotated[
+    str | None, typer.Option(help="Text column (.csv/.tsv) or field (.jsonl) (default: text).")
+]
+InputFormatOpt = Annotated[
+    str | None,
+    typer.Option(help="Input format when the suffix does not say: txt, csv, tsv, jsonl."),
+]
+EncodingOpt = Annotated[str, typer.Option(help="Text encoding of the input.")]
+ResumeOpt = Annotated[
+    bool, typer.Option("--resume", help="Continue an interrupted run into the same --output.")
+]
+ThreadsOpt = Annotated[int | None, typer.Option(min=1, help="CPU threads (default: all cores).")]
+LabelsOpt = Annotated[
+    str | None, typer.Option(help="Comma-separated label set replacing the task's labels.")
+]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")]
+DataDirOpt = Annotated[Path | None, typer.Option(help="Dataset folder (default: $AFFEDGE_DATA).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+
+
+def output_format(fmt: Format | None, output: Path | None) -> str:
+    """``--format``, else from ``--output``'s suffix, else a table on a terminal."""
+    if fmt is not None:
+        return fmt.value
+    if output is not None:
+        return "csv" if output.suffix.lower() == ".csv" else "jsonl"
+    return "table" if sys.stdout.isatty() else "jsonl"
+
+
+def progress(quiet: bool) -> Any:
+    """A rich progress bar on stderr (off when quiet or not a terminal)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    console = Console(stderr=True)
+    return Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+        disable=quiet or not console.is_terminal,
+    )
+
+
+def split_list(value: str) -> list[str]:
+    """``"a, b,c"`` -> ``["a", "b", "c"]``."""
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def parse_labels(value: str | None) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    labels = split_list(value)
+    if len(labels) < 2 or len(set(labels)) != len(labels):
+        raise InputError(f"--labels needs at least two distinct comma-separated labels: {value!r}")
+    return tuple(labels)
+
+
+def require_extra(module: str, extra: str) -> None:
+    """One line naming the pip extra when an optional dependency is missing."""
+    if importlib.util.find_spec(module) is None:
+        raise AffedgeError(f"this command needs the {extra} extra: pip install 'affedge[{extra}]'")
+
+
+def print_table(rows: list[dict[str, Any]], columns: dict[str, str]) -> None:
+    """A rich table of ``rows``; ``columns`` maps a row key to its heading."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table()
+    for heading in columns.values():
+        table.add_column(heading)
+    for row in rows:
+        table.add_row(*(_cell(row.get(key)) for key in columns))
+    Console().print(table)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "yes" if value else ""
+    if isinstance(value, list | tuple):
+        return ", ".join(str(v) for v in value)
+    if isinstance(value, dict):
+        return ", ".join(value)
+    return str(value)

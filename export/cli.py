@@ -1,0 +1,99 @@
+"""`affedge export onnx|gguf` (mounted through the ``affedge.commands`` entry points; needs
+the ``export`` extra). Nothing heavy is imported until a command runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from affedge.cli.options import DataDirOpt, require_extra, split_list, stderr
+
+app = typer.Typer(
+    name="export",
+    help="Export trained models (needs the export extra).",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Folder for the artifacts.")]
+SampleOpt = Annotated[int, typer.Option(min=10, help="Validation items to verify on.")]
+ExportThreadsOpt = Annotated[int, typer.Option(min=1, help="CPU threads.")]
+MinAgreementOpt = Annotated[
+    float | None,
+    typer.Option(
+        min=0.0, max=1.0, help="Agreement floor for every artifact (default: one per type)."
+    ),
+]
+
+
+@app.command("onnx")
+def onnx(
+    model_dir: Annotated[
+        Path, typer.Argument(help="Trained encoder folder, or a decoder HF folder / GGUF file.")
+    ],
+    out: OutOpt,
+    quant: Annotated[str, typer.Option(help="Comma-separated: fp32, int8.")] = "int8",
+    sample: SampleOpt = 500,
+    data_dir: DataDirOpt = None,
+    threads: ExportThreadsOpt = 2,
+    min_agreement: MinAgreementOpt = None,
+) -> None:
+    """Export to ONNX, quantize, and verify against the source model.
+
+    Multi-task encoders export with their heads; decoder LLMs export the single forward pass
+    label scoring needs (no KV cache). Each artifact lands in OUT/<type>/ only if it passes."""
+    require_extra("torch", "export")
+    quants = split_list(quant)
+    if _is_trained_encoder(model_dir):
+        from affedge.export.onnx_encoder import export_onnx
+
+        floors = None if min_agreement is None else dict.fromkeys(quants, min_agreement)
+        reports = export_onnx(
+            model_dir, out, quants, sample, data_dir, threads, min_agreement=floors
+        )
+    else:
+        from affedge.export.onnx_decoder import export_onnx_decoder
+
+        reports = export_onnx_decoder(
+            model_dir, out, quants, sample, data_dir, threads, stderr, min_agreement
+        )
+    print(json.dumps(reports, indent=2))
+
+
+def _is_trained_encoder(model_dir: Path) -> bool:
+    """A folder written by `affedge train encoder` (an invalid manifest is one error line)."""
+    from affedge.artifact import ArtifactKind, Manifest, has_manifest
+
+    return (
+        has_manifest(model_dir)
+        and Manifest.read(model_dir).kind == ArtifactKind.ENCODER_TORCH.value
+    )
+
+
+@app.command("gguf")
+def gguf(
+    model_dir: Annotated[Path, typer.Argument(help="HF model folder (or a GGUF file).")],
+    out: OutOpt,
+    quant: Annotated[
+        str, typer.Option(help="Comma-separated: f32, f16, q8_0, q6_k, q5_k_m, q4_k_m, q4_0...")
+    ] = "q8_0,q4_k_m",
+    sample: SampleOpt = 500,
+    data_dir: DataDirOpt = None,
+    threads: ExportThreadsOpt = 2,
+    min_agreement: MinAgreementOpt = None,
+) -> None:
+    """Write GGUF (llama, mistral, qwen2), quantize with llama.cpp, verify each artifact.
+
+    Each artifact lands in OUT/<quant>/ (model + affedge.json with the verification report)
+    only if its label agreement with the source model reaches the floor for its type."""
+    require_extra("torch", "export")
+    require_extra("gguf", "export")
+    from affedge.export.gguf_export import export_gguf
+
+    reports = export_gguf(
+        model_dir, out, split_list(quant), sample, data_dir, threads, stderr, min_agreement
+    )
+    print(json.dumps(reports, indent=2))
