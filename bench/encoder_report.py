@@ -43,7 +43,7 @@ TARGETS: tuple[tuple[str, str, str, float], ...] = tuple(
 
 
 def quality(model: Path, threads: int) -> list[dict[str, Any]]:
-    engine = open_engine(ModelRef(model.name, model, "onnx"), threads=threads)
+    engine = open_engine(ModelRef.from_path(model), threads=threads)
     rows = []
     for task, dataset, metric, target in TARGETS:
         report = evaluate(engine, get_benchmark(task, dataset), "test")
@@ -81,24 +81,14 @@ def speed(
     for name, path in engines.items():
         if path is None:
             continue
-        engine = open_engine(ModelRef(path.name, path, "onnx"), threads=threads)
+        engine = open_engine(ModelRef.from_path(path), threads=threads)
         list(engine.classify(items[:32], task))  # warm-up
         rate = _median_rate(lambda e=engine: list(e.classify(items, task)), len(items), reps)
         rows.append({"engine": name, "items_per_s": rate, "items": len(items)})
-    if torch_dir is not None:
-        import torch
-
-        from affedge.encoding import EncoderTokenizer
-        from affedge.train.encoder import load_trained, predict
-
-        torch.set_num_threads(threads)
-        model, manifest = load_trained(torch_dir)
-        tok = EncoderTokenizer(torch_dir / "tokenizer.json", manifest["max_length"])
-        turns = manifest["context_turns"]
-        predict(model, tok, items[:32], turns, batch_size=32)
-        rate = _median_rate(
-            lambda: predict(model, tok, items, turns, batch_size=32), len(items), reps
-        )
+    if torch_dir is not None:  # the same weights on the torch-encoder backend, fp32
+        engine = open_engine(ModelRef.from_path(torch_dir), threads=threads)
+        list(engine.classify(items[:32], task))  # warm-up
+        rate = _median_rate(lambda e=engine: list(e.classify(items, task)), len(items), reps)
         rows.append(
             {"engine": "transformers fp32 (torch)", "items_per_s": rate, "items": len(items)}
         )

@@ -29,7 +29,6 @@ export/onnx_encoder.py reads.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import random
@@ -49,7 +48,7 @@ from affedge.datasets import DATASETS, data_root
 from affedge.encoding import ENCODER_CONTEXT_TURNS, EncoderTokenizer
 from affedge.errors import AffedgeError
 from affedge.tasks import HEADS
-from affedge.train.encoder_data import Example, build_examples
+from affedge.train.encoder_data import Example, build_examples, data_fingerprint
 from affedge.train.encoder_model import (
     MANIFEST,
     MANIFEST_KIND,
@@ -323,20 +322,6 @@ def validate(
     return scores
 
 
-def _data_fingerprint(sources: dict[str, list[Example]], root: Path) -> dict[str, Any]:
-    """Counts and a content hash per source, plus the hash of the data folder's SHA256SUMS."""
-    out: dict[str, Any] = {"root": str(root), "sources": {}}
-    sums = root / "SHA256SUMS"
-    if sums.is_file():
-        out["SHA256SUMS"] = hashlib.sha256(sums.read_bytes()).hexdigest()
-    for key, examples in sources.items():
-        digest = hashlib.sha256()
-        for ex in examples:
-            digest.update(f"{ex.record.id}\t{ex.record.text}\t{ex.target}\n".encode())
-        out["sources"][key] = {"examples": len(examples), "sha256": digest.hexdigest()}
-    return out
-
-
 # ------------------------------------------------------------------------------ checkpoints
 
 
@@ -526,7 +511,7 @@ def train_encoder(
             f"source weight for {unknown[0]!r}, which is not a training source "
             f"(sources: {', '.join(train_sources)})"
         )
-    data = {"train": _data_fingerprint(train_sources, root)}
+    data = {"train": data_fingerprint(train_sources, root)}
     data_sha = {k: v["sha256"] for k, v in data["train"]["sources"].items()}
     model, _ = load_encoder(base)
     model.to(device)

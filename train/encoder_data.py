@@ -21,9 +21,11 @@ Which datasets feed the encoder, in which order, is the ``encoder`` use of the b
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from affedge.benchmarks import Benchmark, training_sources
 from affedge.datasets import load_dataset
@@ -154,4 +156,18 @@ def build_examples(
             examples = [ex for ex in map(convert, records) if ex is not None]
             if examples:
                 out[key] = examples
+    return out
+
+
+def data_fingerprint(sources: dict[str, list[Example]], root: Path) -> dict[str, Any]:
+    """Counts and a content hash per source, plus the hash of the data folder's SHA256SUMS."""
+    out: dict[str, Any] = {"root": str(root), "sources": {}}
+    sums = root / "SHA256SUMS"
+    if sums.is_file():
+        out["SHA256SUMS"] = hashlib.sha256(sums.read_bytes()).hexdigest()
+    for key, examples in sources.items():
+        digest = hashlib.sha256()
+        for ex in examples:
+            digest.update(f"{ex.record.id}\t{ex.record.text}\t{ex.target}\n".encode())
+        out["sources"][key] = {"examples": len(examples), "sha256": digest.hexdigest()}
     return out

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
 import io
 import json
 import random
@@ -55,7 +54,7 @@ from affedge.encoding import ENCODER_CONTEXT_TURNS, EncoderTokenizer
 from affedge.errors import AffedgeError
 from affedge.metrics import macro_f1, pearson
 from affedge.tasks import HEADS
-from affedge.train.encoder_data import Example, build_examples
+from affedge.train.encoder_data import Example, build_examples, data_fingerprint
 from affedge.train.recipe import option
 
 Log = Callable[[str], None]
@@ -635,20 +634,6 @@ def _save_arrays(model: StaticHeads, folder: Path, cfg: StaticConfig) -> dict[st
     return spec
 
 
-def _fingerprint(sources: dict[str, list[Example]], root: Path) -> dict[str, Any]:
-    """Counts and a content hash per source, plus the hash of the data folder's SHA256SUMS."""
-    out: dict[str, Any] = {"root": str(root), "sources": {}}
-    sums = root / "SHA256SUMS"
-    if sums.is_file():
-        out["SHA256SUMS"] = hashlib.sha256(sums.read_bytes()).hexdigest()
-    for key, examples in sources.items():
-        digest = hashlib.sha256()
-        for ex in examples:
-            digest.update(f"{ex.record.id}\t{ex.record.text}\t{ex.target}\n".encode())
-        out["sources"][key] = {"examples": len(examples), "sha256": digest.hexdigest()}
-    return out
-
-
 def runtime_validation(folder: Path, val: dict[str, list[Example]], limit: int) -> dict[str, float]:
     """Per-source validation scores of the written artifact, computed by the runtime engine."""
     from affedge.engines.static import StaticEncoderEngine
@@ -753,8 +738,8 @@ def train_static(
                 "seed": cfg.seed,
                 "command": "affedge " + " ".join(sys.argv[1:]),
                 "data": {
-                    "train": _fingerprint(train_examples, root),
-                    "validation": _fingerprint(val_examples, root),
+                    "train": data_fingerprint(train_examples, root),
+                    "validation": data_fingerprint(val_examples, root),
                 },
                 "training": {
                     "distill_seconds": round(distill_seconds, 1),
