@@ -12,7 +12,7 @@ from typing import Any
 
 from affedge.engines import Engine, LabelResult, ScoreResult, open_engine
 from affedge.errors import InputError
-from affedge.io import _context
+from affedge.io import parse_context
 from affedge.models import ModelRef, resolve_model
 from affedge.negotiate import DEFAULT_MAX_ROUNDS
 from affedge.records import Record
@@ -32,7 +32,7 @@ def as_record(item: Item, number: int) -> Record:
         return Record(
             id=str(number),
             text=item["text"],
-            context=_context(item.get("context"), f"item {number}"),
+            context=parse_context(item.get("context"), f"item {number}"),
             speaker=item.get("speaker"),
             aspect=item.get("aspect"),
         )

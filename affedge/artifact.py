@@ -86,6 +86,9 @@ class Manifest:
     n_ctx: int | None = None
     #: Exports: the quantization type of this artifact.
     quant: str | None = None
+    #: Temperature scaling fitted on validation data (:mod:`affedge.calibration`): calibration
+    #: key (task, or task:label,label,... for a label subset) -> temperature.
+    calibration: dict[str, float] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -151,6 +154,7 @@ class Manifest:
             special_tokens=special,
             n_ctx=check.integer(data, "n_ctx", 1, 1 << 24),
             quant=check.string(data, "quant"),
+            calibration=_temperatures(data.get("calibration", {}), where),
             info={k: v for k, v in data.items() if k not in known},
         )
 
@@ -183,6 +187,20 @@ class Manifest:
         if not path.is_file():
             raise ModelError(f"{folder}: the manifest names {self.file}, which is missing")
         return path
+
+
+def _temperatures(raw: Any, where: str) -> dict[str, float]:
+    """The ``calibration`` field: key -> a finite temperature in [0.01, 100]."""
+    if not isinstance(raw, dict):
+        raise ModelError(f"{where}: field 'calibration' must be an object")
+    out: dict[str, float] = {}
+    for key, value in raw.items():
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ModelError(f"{where}: calibration[{key!r}] must be a number")
+        if not 0.01 <= float(value) <= 100.0:  # also refuses NaN
+            raise ModelError(f"{where}: calibration[{key!r}] = {value} is outside [0.01, 100]")
+        out[str(key)] = float(value)
+    return out
 
 
 def has_manifest(folder: Path) -> bool:

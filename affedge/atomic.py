@@ -13,7 +13,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 
 def _read_umask() -> int:
@@ -26,12 +26,17 @@ def _read_umask() -> int:
 _UMASK = _read_umask()
 
 
-def atomic_write(path: Path, write: Callable[[IO[str]], None]) -> None:
-    """Write text to ``path`` through a temporary file in its folder and an atomic rename."""
-    with atomic_path(path) as tmp, tmp.open("w", encoding="utf-8", newline="") as fh:
+def atomic_write(path: Path, write: Callable[[IO[Any]], None], binary: bool = False) -> None:
+    """Write text (bytes with ``binary``) to ``path`` through a temporary file in its folder
+    and an atomic rename."""
+    with atomic_path(path) as tmp, _open(tmp, binary) as fh:
         write(fh)
         fh.flush()
         os.fsync(fh.fileno())
+
+
+def _open(path: Path, binary: bool) -> IO[Any]:
+    return path.open("wb") if binary else path.open("w", encoding="utf-8", newline="")
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -42,6 +43,8 @@ class EncoderTokenizer:
         self.tokenizer.enable_truncation(max_length, strategy="longest_first")
         pad_id = self.tokenizer.token_to_id("[PAD]")
         self.tokenizer.enable_padding(pad_id=pad_id if pad_id is not None else 0)
+        #: A copy without padding, made on first use by :meth:`encode_unpadded`.
+        self._unpadded: Any = None
 
     def encode(
         self, records: Sequence[Record], context_turns: int = ENCODER_CONTEXT_TURNS
@@ -60,3 +63,31 @@ class EncoderTokenizer:
     ) -> dict[str, np.ndarray]:
         """``input_ids``, ``attention_mask``, ``token_type_ids`` (int64, padded to the longest)."""
         return self.encode(records, context_turns)[0]
+
+    def encode_unpadded(
+        self, records: Sequence[Record], context_turns: int = ENCODER_CONTEXT_TURNS
+    ) -> tuple[list[Any], list[bool]]:
+        """Each record's truncated encoding without padding (``len(e.ids)`` is its token
+        length) and whether it was truncated; :meth:`pad` batches any subset of them."""
+        if self._unpadded is None:
+            from tokenizers import Tokenizer
+
+            self._unpadded = Tokenizer.from_str(self.tokenizer.to_str())
+            self._unpadded.no_padding()
+        encodings = self._unpadded.encode_batch([text_pair(r, context_turns) for r in records])
+        return encodings, [bool(e.overflowing) for e in encodings]
+
+    def pad(self, encodings: Sequence[Any]) -> dict[str, np.ndarray]:
+        """Model inputs of :meth:`encode_unpadded` encodings, right-padded to the longest of
+        them: what :meth:`encode` gives for the same records."""
+        width = max((len(e.ids) for e in encodings), default=0)
+        padding = self.tokenizer.padding or {}
+        ids = np.full((len(encodings), width), padding.get("pad_id", 0), dtype=np.int64)
+        mask = np.zeros((len(encodings), width), dtype=np.int64)
+        types = np.full((len(encodings), width), padding.get("pad_type_id", 0), dtype=np.int64)
+        for row, e in enumerate(encodings):
+            n = len(e.ids)
+            ids[row, :n] = e.ids
+            mask[row, :n] = e.attention_mask
+            types[row, :n] = e.type_ids
+        return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}

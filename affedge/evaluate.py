@@ -8,6 +8,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from affedge.calibration import recalibrate, reliability
 from affedge.datasets import load_dataset
 from affedge.engines import Engine
 from affedge.metrics import SCORE_METRICS, ece, label_metric
@@ -32,8 +35,13 @@ class EvalReport:
     limit: int | None = None
     note: str = ""
     confusion: dict[str, dict[str, int]] = field(default_factory=dict)
-    #: Expected calibration error of the label probabilities (classification only).
+    #: Expected calibration error of the label probabilities as the model answers (with its
+    #: fitted temperature, if any), of the raw softmax, and that temperature (classification).
     ece: float | None = None
+    ece_raw: float | None = None
+    temperature: float | None = None
+    #: Reliability diagram rows (mean confidence, accuracy, items) per bin: calibrated, raw.
+    reliability: dict[str, list[tuple[float, float, int]]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -91,6 +99,9 @@ def evaluate_records(
     metrics: dict[str, float] = {}
     confusion: dict[str, dict[str, int]] = {}
     calibration: float | None = None
+    ece_raw: float | None = None
+    temperature = 1.0
+    diagrams: dict[str, list[tuple[float, float, int]]] = {}
     names = (bench.metric, *bench.extra_metrics)
     if task.kind == "score":
         preds: list[float] = []
@@ -103,18 +114,27 @@ def evaluate_records(
     else:
         labels = bench.label_set()
         pred_l: list[str] = []
-        confidence: list[float] = []
-        for result in engine.classify(records, task, labels):
-            pred_l.append(result.label)
-            confidence.append(max(result.probs.values()))
-            if on_item:
-                on_item()
+        raw: list[list[float]] = []
+        calibrate, engine.calibrate = engine.calibrate, False  # raw probabilities, then both
+        try:
+            for result in engine.classify(records, task, labels):
+                pred_l.append(result.label)
+                raw.append([result.probs[label] for label in labels])
+                if on_item:
+                    on_item()
+        finally:
+            engine.calibrate = calibrate
         gold_l = [str(rec.labels[bench.layer]) for rec in records]
         metrics = {m: label_metric(m, bench.positive)(gold_l, pred_l, labels) for m in names}
         confusion = {g: {p: 0 for p in labels} for g in labels}
         for g, p in zip(gold_l, pred_l, strict=True):
             confusion[g][p] += 1
-        calibration = ece(confidence, [g == p for g, p in zip(gold_l, pred_l, strict=True)])
+        hits = [g == p for g, p in zip(gold_l, pred_l, strict=True)]
+        temperature = engine.temperature(task, labels)
+        raw_conf = np.asarray(raw).max(axis=1) if raw else np.zeros(0)
+        conf = recalibrate(np.asarray(raw), temperature).max(axis=1) if raw else raw_conf
+        calibration, ece_raw = ece(conf, hits), ece(raw_conf, hits)
+        diagrams = {"calibrated": reliability(conf, hits), "raw": reliability(raw_conf, hits)}
     seconds = time.perf_counter() - start
     return EvalReport(
         task=bench.task,
@@ -131,4 +151,7 @@ def evaluate_records(
         note=bench.note,
         confusion=confusion,
         ece=calibration,
+        ece_raw=ece_raw if task.kind != "score" else None,
+        temperature=temperature if task.kind != "score" else None,
+        reliability=diagrams if task.kind != "score" else {},
     )

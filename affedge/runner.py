@@ -20,6 +20,7 @@ from affedge.errors import InputError, ModelError
 from affedge.io import (
     InputReader,
     ResultSink,
+    check_output_format,
     partial_lock,
     partial_path,
     read_partial,
@@ -47,6 +48,8 @@ class Job:
     max_rounds: int = DEFAULT_MAX_ROUNDS
     trace: bool = False
     agree_threshold: float = 0.5
+    #: Apply the model's fitted temperatures to label probabilities (``--no-calibration``).
+    calibrate: bool = True
 
     @property
     def every_head(self) -> bool:
@@ -65,9 +68,15 @@ class Job:
         return get_task(self.task, "score" if self.command == "score" else "classify")
 
     def options(self) -> dict[str, Any] | None:
+        """The options a resumed run must share (None: the defaults of a classify run)."""
         if self.command != "negotiate":
-            return None
-        return {"max_rounds": self.max_rounds, "trace": self.trace, "agree": self.agree_threshold}
+            return None if self.calibrate else {"calibration": False}
+        options = {
+            "max_rounds": self.max_rounds,
+            "trace": self.trace,
+            "agree": self.agree_threshold,
+        }
+        return options if self.calibrate else {**options, "calibration": False}
 
     def check_engine(self, engine: Engine) -> None:
         """One line naming the model when it cannot do this job."""
@@ -194,6 +203,7 @@ def annotate_file(
     ``on_row()`` drive a progress display.
     """
     job.resolve_task()
+    check_output_format(out_format, to_stdout=output is None)
     if resume and output is None:
         raise InputError("--resume needs --output (a run to stdout cannot be resumed)")
     if output is not None and output.is_dir():
@@ -254,30 +264,36 @@ def _run(
         done_ids = partial.ids
     done = len(done_ids)
 
-    def remaining() -> Iterator[Record]:
-        for index, record in enumerate(reader):
-            if index < done:
-                if str(done_ids[index]) != record.id:
-                    raise InputError(
-                        f"{partial_path(output)}: record {index + 1} has id {done_ids[index]}, "
-                        f"the input has {record.id}: the input changed; delete the partial file"
-                    )
-                continue
-            yield record
-
     engine = open_engine(ref, threads=threads)
+    engine.calibrate = job.calibrate
     try:
         job.check_engine(engine)
     except BaseException:
         engine.close()
         raise
+    # Finished records of the block the interrupted run stopped in are computed again (not
+    # written again), so every block reaches the engine whole, as in an uninterrupted run.
+    replay = done % engine.block_size
+
+    def remaining() -> Iterator[Record]:
+        for index, record in enumerate(reader):
+            if index < done and str(done_ids[index]) != record.id:
+                raise InputError(
+                    f"{partial_path(output)}: record {index + 1} has id {done_ids[index]}, "
+                    f"the input has {record.id}: the input changed; delete the partial file"
+                )
+            if index >= done - replay:
+                yield record
+
     sink = ResultSink(output, out_format, header, resume=partial)
     started = time.perf_counter()
     processed = truncated = 0
     try:
         if on_start is not None:
             on_start(total, done)
-        for row in results(engine, remaining(), job):
+        for index, row in enumerate(results(engine, remaining(), job)):
+            if index < replay:
+                continue
             sink.write(row)
             processed += 1
             truncated += bool(row.get("truncated"))

@@ -98,3 +98,23 @@ def gguf(
         model_dir, out, split_list(quant), sample, data_dir, threads, stderr, min_agreement
     )
     print(json.dumps(reports, indent=2))
+
+
+@app.command("calibrate")
+def calibrate(
+    artifact: Annotated[Path, typer.Argument(help="An exported artifact folder (ONNX or GGUF).")],
+    limit: Annotated[int, typer.Option(min=50, help="Validation items per benchmark.")] = 2000,
+    data_dir: DataDirOpt = None,
+    threads: ExportThreadsOpt = 2,
+) -> None:
+    """Fit temperature scaling on validation data and store it in the artifact's manifest.
+
+    One temperature per task and label set, fitted by validation NLL over every benchmark the
+    model answers; labels never change, probabilities become readable as frequencies
+    (`affedge classify --no-calibration` shows the raw ones)."""
+    from affedge.export.calibrate import calibrate_artifact
+
+    report = calibrate_artifact(
+        artifact, limit=limit, data_dir=data_dir, threads=threads, log=stderr
+    )
+    print(json.dumps(report, indent=2))

@@ -6,6 +6,7 @@ import functools
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -188,3 +189,40 @@ def base_manifest(
 def model_dtype_for_save(device: torch.device) -> torch.dtype:
     """fp32 on the CPU (small models); bf16 on CUDA (what the GPU trained in)."""
     return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+@dataclass
+class LLMRun:
+    """What every LLM recipe starts from: the device, the loaded base and its chat format."""
+
+    device: torch.device
+    quant: str
+    base_path: Path
+    model: Any
+    tokenizer: Any
+    fmt: ChatFormat
+    pad_id: int
+    start_time: float
+
+
+def start_llm_run(
+    cfg: LLMConfig, out: Path, *, resume: bool, earlier: bool, log: Callable[[str], None]
+) -> LLMRun:
+    """The run prologue the LLM recipes share (after their own ``check_config``): device and
+    quantization, threads, refusing to overwrite an earlier run (``earlier``) unless resuming,
+    and loading the base model."""
+    from affedge.train.lora import load_base, pick_device, resolve_quant, set_threads
+
+    device = pick_device(cfg.require_gpu)
+    quant = resolve_quant(cfg.quant, device)
+    base_path = resolve_base(cfg.base)
+    set_threads(cfg.threads)
+    if earlier and not resume:
+        raise AffedgeError(f"{out} holds an earlier run: pass --resume or another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    start_time = time.perf_counter()
+    log(f"loading base {base_path} ({quant}, {device})")
+    model, tokenizer = load_base(base_path, quant, device)
+    fmt = ChatFormat(tokenizer, model.config.eos_token_id)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else fmt.eot_id
+    return LLMRun(device, quant, base_path, model, tokenizer, fmt, pad_id, start_time)

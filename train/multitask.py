@@ -52,6 +52,7 @@ from affedge.train.llm_common import (
     model_dtype_for_save,
     prepare_source,
     resolve_base,
+    start_llm_run,
     steps_for,
 )
 from affedge.train.llm_eval import evaluate_source
@@ -59,12 +60,8 @@ from affedge.train.lora import (
     LoopSettings,
     add_lora,
     answer_logits,
-    load_base,
     merge,
-    pick_device,
-    resolve_quant,
     save_model,
-    set_threads,
     settings_dict,
     train_loop,
     versions,
@@ -304,20 +301,11 @@ def train_multitask(
     stop_after: int | None = None,
 ) -> dict[str, Any]:
     check_config(cfg)
-    device = pick_device(cfg.require_gpu)
-    quant = resolve_quant(cfg.quant, device)
-    base_path = resolve_base(cfg.base)
     teacher_path = resolve_base(cfg.aux_model) if cfg.aux_model else None
-    set_threads(cfg.threads)
-    if has_manifest(out) and not resume:
-        raise AffedgeError(f"{out} holds an earlier run: pass --resume or another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    start_time = time.perf_counter()
-
-    log(f"loading base {base_path} ({quant}, {device})")
-    model, tokenizer = load_base(base_path, quant, device)
-    fmt = ChatFormat(tokenizer, model.config.eos_token_id)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else fmt.eot_id
+    run = start_llm_run(cfg, out, resume=resume, earlier=has_manifest(out), log=log)
+    device, quant, base_path = run.device, run.quant, run.base_path
+    model, tokenizer, fmt, pad_id = run.model, run.tokenizer, run.fmt, run.pad_id
+    start_time = run.start_time
 
     sources: list[SourceData] = [
         prepare_source(fmt, find_source(name, task=task), cfg)

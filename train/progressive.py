@@ -31,8 +31,8 @@ from affedge.train.llm_common import (
     base_manifest,
     model_dtype_for_save,
     prepare_source,
-    resolve_base,
     sequential_batches,
+    start_llm_run,
     steps_for,
 )
 from affedge.train.llm_eval import evaluate_source
@@ -43,16 +43,13 @@ from affedge.train.lora import (
     load_adapter_state,
     load_base,
     merge,
-    pick_device,
-    resolve_quant,
     save_model,
-    set_threads,
     settings_dict,
     train_loop,
     versions,
 )
 from affedge.train.recipe import comma_list, key_map, key_map_text, option
-from affedge.train.sft_data import ChatFormat, find_source
+from affedge.train.sft_data import find_source
 
 STAGES: dict[str, Level] = {"sa": "SA", "erc": "ERC", "sd": "SD"}
 #: stage -> its default datasets: the ``progressive`` rows of the benchmark table at its level.
@@ -132,20 +129,11 @@ def train_progressive(
 ) -> dict[str, Any]:
     """Run the chain of LoRA stages and write the merged model folder to ``out``."""
     check_config(cfg)
-    device = pick_device(cfg.require_gpu)
-    quant = resolve_quant(cfg.quant, device)
-    base_path = resolve_base(cfg.base)
-    set_threads(cfg.threads)
     earlier = (out / "stages").exists() or has_manifest(out)
-    if earlier and not resume:
-        raise AffedgeError(f"{out} holds an earlier run: pass --resume or another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    start_time = time.perf_counter()
-
-    log(f"loading base {base_path} ({quant}, {device})")
-    model, tokenizer = load_base(base_path, quant, device)
-    fmt = ChatFormat(tokenizer, model.config.eos_token_id)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else fmt.eot_id
+    run = start_llm_run(cfg, out, resume=resume, earlier=earlier, log=log)
+    device, quant, base_path = run.device, run.quant, run.base_path
+    model, tokenizer, fmt, pad_id = run.model, run.tokenizer, run.fmt, run.pad_id
+    start_time = run.start_time
 
     data: dict[str, list] = {}
     for stage in cfg.stages:

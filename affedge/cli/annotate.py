@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from affedge.cli.options import (
+    CalibrationOpt,
     EncodingOpt,
     FormatOpt,
     InputArg,
@@ -107,9 +108,10 @@ def classify(
     resume: ResumeOpt = False,
     threads: ThreadsOpt = None,
     quiet: QuietOpt = False,
+    calibration: CalibrationOpt = True,
 ) -> None:
     """Label every item of INPUT with a probability for each label."""
-    job = Job("classify", task, parse_labels(labels))
+    job = Job("classify", task, parse_labels(labels), calibrate=calibration)
     run(job, input, model, format, output, text_field, input_format, encoding, resume, threads,
         quiet)  # fmt: skip
 
@@ -160,9 +162,12 @@ def negotiate(
     resume: ResumeOpt = False,
     threads: ThreadsOpt = None,
     quiet: QuietOpt = False,
+    calibration: CalibrationOpt = True,
 ) -> None:
     """Label INPUT by SANM negotiation: the model proposes, judges itself, and repeats."""
-    job = Job("negotiate", task, parse_labels(labels), max_rounds, trace, agree_threshold)
+    job = Job(
+        "negotiate", task, parse_labels(labels), max_rounds, trace, agree_threshold, calibration
+    )
     run(job, input, model, format, output, text_field, input_format, encoding, resume, threads,
         quiet)  # fmt: skip
 

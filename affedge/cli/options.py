@@ -15,12 +15,12 @@ from typing import Annotated, Any
 import typer
 
 from affedge.errors import AffedgeError, InputError
+from affedge.io import OUTPUT_FORMATS
 
-
-class Format(str, Enum):
-    jsonl = "jsonl"
-    csv = "csv"
-    table = "table"
+#: ``--format`` choices: the names of :data:`affedge.io.OUTPUT_FORMATS`, its one table.
+Format = Enum("Format", {name: name for name in OUTPUT_FORMATS}, type=str)  # type: ignore[misc]
+#: Output formats ``--output``'s suffix implies when ``--format`` is not given.
+SUFFIX_FORMATS = {".csv": "csv", ".parquet": "parquet"}
 
 
 def stderr(message: str) -> None:
@@ -28,7 +28,7 @@ def stderr(message: str) -> None:
 
 
 InputArg = Annotated[
-    str, typer.Argument(help="Input file (.txt, .csv, .tsv, .jsonl) or - for stdin.")
+    str, typer.Argument(help="Input file (.txt, .csv, .tsv, .jsonl, .parquet) or - for stdin.")
 ]
 ModelOpt = Annotated[
     str | None, typer.Option("--model", "-m", help="Built-in model name or path to a local model.")
@@ -43,11 +43,12 @@ OutputOpt = Annotated[
     Path | None, typer.Option("--output", "-o", help="Write here (atomically) instead of stdout.")
 ]
 TextFieldOpt = Annotated[
-    str | None, typer.Option(help="Text column (.csv/.tsv) or field (.jsonl) (default: text).")
+    str | None,
+    typer.Option(help="Text column (.csv/.tsv/.parquet) or field (.jsonl) (default: text)."),
 ]
 InputFormatOpt = Annotated[
     str | None,
-    typer.Option(help="Input format when the suffix does not say: txt, csv, tsv, jsonl."),
+    typer.Option(help="Input format when the suffix does not say: txt, csv, tsv, jsonl, parquet."),
 ]
 EncodingOpt = Annotated[str, typer.Option(help="Text encoding of the input.")]
 ResumeOpt = Annotated[
@@ -60,14 +61,23 @@ LabelsOpt = Annotated[
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")]
 DataDirOpt = Annotated[Path | None, typer.Option(help="Dataset folder (default: $AFFEDGE_DATA).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+CalibrationOpt = Annotated[
+    bool,
+    typer.Option(
+        "--calibration/--no-calibration",
+        help="Apply the model's temperatures fitted on validation data to label probabilities "
+        "(--no-calibration: the raw softmax). Labels are the same either way.",
+    ),
+]
 
 
 def output_format(fmt: Format | None, output: Path | None) -> str:
-    """``--format``, else from ``--output``'s suffix, else a table on a terminal."""
+    """``--format``, else from ``--output``'s suffix (.csv, .parquet), else jsonl to a file and
+    a table on a terminal."""
     if fmt is not None:
-        return fmt.value
+        return str(fmt.value)
     if output is not None:
-        return "csv" if output.suffix.lower() == ".csv" else "jsonl"
+        return SUFFIX_FORMATS.get(output.suffix.lower(), "jsonl")
     return "table" if sys.stdout.isatty() else "jsonl"
 
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
+from types import MappingProxyType
 from typing import Any, ClassVar
 
+from affedge.calibration import calibration_key
 from affedge.errors import ModelError
 from affedge.records import Record
 from affedge.tasks import Task
@@ -61,6 +63,18 @@ class Engine(ABC):
     capabilities: ClassVar[frozenset[Capability]] = frozenset(
         {Capability.LABELS, Capability.SCORES}
     )
+    #: Temperatures fitted on validation data (the manifest's ``calibration``; backends set
+    #: it from their artifact) and whether label probabilities apply them
+    #: (``--no-calibration`` turns it off to see raw probabilities).
+    temperatures: Mapping[str, float] = MappingProxyType({})
+    calibrate: bool = True
+
+    def temperature(self, task: Task, labels: Sequence[str] | None = None) -> float:
+        """The temperature for ``task`` over ``labels`` (1.0: uncalibrated or turned off)."""
+        if not self.calibrate or not self.temperatures:
+            return 1.0
+        subset = None if labels is None or tuple(labels) == tuple(task.labels) else labels
+        return self.temperatures.get(calibration_key(task.name, subset), 1.0)
 
     @abstractmethod
     def classify(
@@ -75,6 +89,15 @@ class Engine(ABC):
     def analyze(self, records: Iterable[Record]) -> Iterator[dict[str, Any]]:
         """Every head per record (engines with :attr:`Capability.ALL_HEADS`)."""
         raise ModelError(f"{self.name}: answers one task per run (no --task all)")
+
+    @property
+    def block_size(self) -> int:
+        """Records whose results may depend on each other: an item's result is a function of
+        the aligned block of this many records it falls in (1: of the item alone). Batched
+        engines with per-batch numerics (int8 dynamic quantization scales activations per
+        batch) say their look-ahead window, so a resumed run re-reads the block it stopped
+        in and writes what an uninterrupted run writes."""
+        return 1
 
     def supports(self, capability: Capability) -> bool:
         return capability in self.capabilities

@@ -5,12 +5,18 @@ task (a subset of a head's labels, such as polarity from the 3-way sentiment hea
 softmax over that subset) and ``analyze`` returns all heads at once (`--task all`). A backend
 (onnxruntime today; OpenVINO, torch or a static-embedding model tomorrow) only implements
 :meth:`EncoderEngine._forward`.
+
+Batches are length-bucketed: up to ``window`` records are read ahead and tokenized, sorted by
+token length, run ``batch_size`` at a time (each padded to its longest item, so little
+padding), and their outputs put back in input order before the next window is read; memory
+stays flat for any input size. With int8 dynamic quantization an item's outputs can move
+slightly with its batch's composition (as they always could).
 """
 
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from itertools import islice
 from pathlib import Path
 from typing import Any, ClassVar
@@ -18,6 +24,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from affedge.artifact import HeadSpec, Manifest
+from affedge.calibration import tempered_softmax
 from affedge.encoding import EncoderTokenizer
 from affedge.engines.base import Capability, Engine, LabelResult, ScoreResult
 from affedge.errors import ModelError
@@ -25,21 +32,24 @@ from affedge.models import ModelRef
 from affedge.records import Record
 from affedge.tasks import LABEL_ALIASES, Task, head_for_task
 
-
-def softmax(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x - x.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
+#: Records read ahead and sorted by length, in batches (the window is this times batch_size).
+WINDOW_BATCHES = 16
 
 
 class EncoderEngine(Engine):
     """Heads read from the manifest, inputs from :class:`EncoderTokenizer`, batches of
-    ``batch_size`` records; subclasses map tokenized inputs to every head's outputs."""
+    ``batch_size`` records of similar length from a look-ahead ``window`` (default
+    :data:`WINDOW_BATCHES` batches; ``window = batch_size`` keeps input order); subclasses map
+    tokenized inputs to every head's outputs."""
+
+    #: Records read ahead per window; None: :data:`WINDOW_BATCHES` x ``batch_size``.
+    window: int | None = None
 
     capabilities: ClassVar[frozenset[Capability]] = frozenset(
         {Capability.LABELS, Capability.SCORES, Capability.ALL_HEADS}
     )
 
-    def __init__(self, ref: ModelRef, batch_size: int = 32) -> None:
+    def __init__(self, ref: ModelRef, batch_size: int = 32, window: int | None = None) -> None:
         manifest = ref.manifest
         if manifest is None or not manifest.heads:
             raise ModelError(f"{ref.folder}: not a multi-task encoder (its manifest has no heads)")
@@ -51,20 +61,53 @@ class EncoderEngine(Engine):
         self.name = ref.name
         self.manifest: Manifest = manifest
         self.batch_size = batch_size
+        if window is not None:
+            self.window = window
         self.context_turns = manifest.context_turns
         self.heads: dict[str, HeadSpec] = manifest.heads
+        self.temperatures = manifest.calibration
         self._tokenizer = EncoderTokenizer(tokenizer, manifest.max_length)
 
     @abstractmethod
     def _forward(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Every head's raw outputs (logits or regression values) for a tokenized batch."""
 
+    @property
+    def block_size(self) -> int:
+        return max(max(1, self.batch_size), self.window or WINDOW_BATCHES * self.batch_size)
+
     def _batches(self, records: Iterable[Record]) -> Iterator[tuple[list[bool], dict]]:
-        """Per batch: which items were truncated, and every head's output."""
+        """Per window of records, in input order: which items were truncated, and every
+        head's output (rows in input order). The window's items run in batches sorted by
+        token length; the next window is read only when this one's results are asked for."""
+        size, window = max(1, self.batch_size), self.block_size
         it = iter(records)
-        while batch := list(islice(it, self.batch_size)):
-            inputs, truncated = self._tokenizer.encode(batch, self.context_turns)
-            yield truncated, self._forward(inputs)
+        while chunk := list(islice(it, window)):
+            encodings, truncated = self._tokenizer.encode_unpadded(chunk, self.context_turns)
+            lengths = np.fromiter((len(e.ids) for e in encodings), np.int64, len(encodings))
+            order = np.argsort(lengths, kind="stable")
+            parts = [
+                self._forward(self._tokenizer.pad([encodings[i] for i in order[k : k + size]]))
+                for k in range(0, len(order), size)
+            ]
+            inverse = np.empty_like(order)
+            inverse[order] = np.arange(len(order))
+            outs = {
+                name: np.concatenate([np.asarray(p[name]) for p in parts])[inverse]
+                for name in parts[0]
+            }
+            yield truncated, outs
+
+    def head_temperature(self, head: str) -> float:
+        """The temperature of a classification head over all its labels (``--task all``)."""
+        return self.temperatures.get(head, 1.0) if self.calibrate else 1.0
+
+    def _head_values(self, head: str, outs: Mapping[str, np.ndarray]) -> np.ndarray:
+        """A head's outputs for a batch: calibrated probabilities, or its scores."""
+        x = np.asarray(outs[head], dtype=np.float64)
+        if self.heads[head].kind != "classify":
+            return x
+        return tempered_softmax(x, self.head_temperature(head))
 
     def _label_indices(self, task: Task, labels: Sequence[str] | None) -> tuple[str, list[int]]:
         head = head_for_task(task.name)
@@ -86,7 +129,7 @@ class EncoderEngine(Engine):
         head, idx = self._label_indices(task, labels)
         names = list(labels or task.labels)
         for truncated, outs in self._batches(records):
-            probs = softmax(outs[head][:, idx].astype(np.float64))
+            probs = tempered_softmax(outs[head][:, idx], self.temperature(task, labels))
             for row, cut in zip(probs, truncated, strict=True):
                 yield LabelResult(
                     probs={n: float(p) for n, p in zip(names, row, strict=True)}, truncated=cut
@@ -102,16 +145,16 @@ class EncoderEngine(Engine):
     def analyze(self, records: Iterable[Record]) -> Iterator[dict[str, Any]]:
         """Every head for every record: label + probs for classification, scores otherwise."""
         for truncated, outs in self._batches(records):
+            columns = {name: self._head_values(name, outs) for name in self.heads}
             for i, cut in enumerate(truncated):
                 result: dict[str, Any] = {}
                 for name, spec in self.heads.items():
-                    values = outs[name][i].astype(np.float64)
+                    values = columns[name][i]
                     if spec.kind == "classify":
-                        probs = softmax(values)
                         result[name] = {
-                            "label": spec.labels[int(np.argmax(probs))],
+                            "label": spec.labels[int(np.argmax(values))],
                             "probs": {
-                                lab: float(p) for lab, p in zip(spec.labels, probs, strict=True)
+                                lab: float(p) for lab, p in zip(spec.labels, values, strict=True)
                             },
                         }
                     else:

@@ -28,9 +28,10 @@ from typing import Any
 
 import numpy as np
 
+from affedge.calibration import tempered_softmax
 from affedge.encoding import text_pair
 from affedge.engines.base import LabelResult
-from affedge.engines.encoder import EncoderEngine, softmax
+from affedge.engines.encoder import EncoderEngine
 from affedge.errors import ModelError
 from affedge.models import ModelRef
 from affedge.records import Record
@@ -278,7 +279,7 @@ class StaticEncoderEngine(EncoderEngine):
         head, idx = self._label_indices(task, labels)
         names = list(labels or task.labels)
         for truncated, outs in self._batches(records):
-            probs = softmax(outs[head][:, idx].astype(np.float64))
+            probs = tempered_softmax(outs[head][:, idx], self.temperature(task, labels))
             for row, cut in zip(probs.tolist(), truncated, strict=True):
                 yield LabelResult(dict(zip(names, row, strict=True)), truncated=cut)
 
@@ -286,11 +287,7 @@ class StaticEncoderEngine(EncoderEngine):
         """:meth:`EncoderEngine.analyze` (the same records), with softmax and conversion to
         Python numbers done per batch rather than per item."""
         for truncated, outs in self._batches(records):
-            columns = {
-                name: (softmax(x) if spec.kind == "classify" else x).tolist()
-                for name, spec in self.heads.items()
-                for x in [np.asarray(outs[name], dtype=np.float64)]
-            }
+            columns = {name: self._head_values(name, outs).tolist() for name in self.heads}
             for i, cut in enumerate(truncated):
                 result: dict[str, Any] = {}
                 for name, spec in self.heads.items():
