@@ -77,7 +77,8 @@ def eval_all(
                 skipped.append({"system": peer, "benchmark": bench.name, "reason": why or ""})
                 continue
             row = {"system": peer, **report.to_dict()}
-            row["ece"] = None  # hard labels: calibration is not defined
+            # hard labels: calibration is not defined
+            row.update(ece=None, ece_raw=None, temperature=None, reliability={})
             rows.append(row)
     result: dict[str, Any] = {
         "model": ref.name,
@@ -103,26 +104,60 @@ def eval_markdown(result: dict[str, Any], images: dict[str, str] | None = None) 
         + (f"first {limit} scored items per benchmark" if limit else "every item")
         + ", the literature's metric per benchmark; ECE: expected calibration error of the "
         "top label's probability (15 equal-width bins; empty for score tasks and for "
-        "hard-label peers).",
+        "hard-label peers) with the model's fitted temperature T (`affedge export calibrate`), "
+        "and of the raw softmax; labels are the same either way.",
         "",
-        "| system | task | dataset | metric | value | accuracy | ECE | n | items/s | confusion |",
-        "|---|---|---|---|---:|---:|---:|---:|---:|---|",
+        "| system | task | dataset | metric | value | accuracy | ECE | ECE raw | T | n | items/s "
+        "| confusion | reliability |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     for r in result["results"]:
         acc = r["metrics"].get("accuracy")
         ece = r.get("ece")
         key = f"{r['system']}|{r['task']}/{r['dataset']}"
         img = f"[png]({images[key]})" if key in images else ""
+        rel = f"[png]({images['reliability|' + key]})" if "reliability|" + key in images else ""
+        raw, t = r.get("ece_raw"), r.get("temperature")
         lines.append(
             f"| {r['system']} | {r['task']} | {r['dataset']} | {r['metric']} | "
-            f"{r['metrics'][r['metric']]:.4f} | {'' if acc is None else f'{acc:.4f}'} | "
-            f"{'' if ece is None else f'{ece:.4f}'} | {r['n']} | {r['items_per_s']:.1f} | {img} |"
+            f"{r['metrics'][r['metric']]:.4f} | {_num(acc)} | {_num(ece)} | {_num(raw)} | "
+            f"{_num(t, 3)} | {r['n']} | {r['items_per_s']:.1f} | {img} | {rel} |"
         )
     if result["skipped"]:
         lines += ["", "Skipped (the system cannot answer them):", ""]
         for s in result["skipped"]:
             lines.append(f"- {s['system']} {s['benchmark']}: {s['reason']}")
     return "\n".join(lines) + "\n"
+
+
+def _num(value: float | None, digits: int = 4) -> str:
+    return "" if value is None else f"{value:.{digits}f}"
+
+
+def plot_reliability(diagrams: dict[str, list], title: str, path: Path) -> Path:
+    """A reliability diagram: accuracy against mean confidence per bin, raw and calibrated
+    (marker area ~ items in the bin); the diagonal is perfect calibration."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.2, 4.0), dpi=110)
+    ax.plot([0, 1], [0, 1], color="0.6", lw=1, ls="--")
+    for name, color in (("raw", "tab:orange"), ("calibrated", "tab:blue")):
+        rows = diagrams.get(name) or []
+        if rows:
+            conf, acc, n = zip(*rows, strict=True)
+            total = sum(n)
+            ax.plot(conf, acc, color=color, lw=1.2, label=name)
+            ax.scatter(conf, acc, s=[8 + 300 * k / total for k in n], color=color, alpha=0.6)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("confidence (top label probability)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8, loc="upper left")
+    return save_figure(fig, path)
 
 
 def plot_confusion(confusion: dict[str, dict[str, int]], title: str, path: Path) -> Path:
@@ -179,6 +214,12 @@ def write_eval(result: dict[str, Any], out: Path) -> dict[str, Path]:
             title = f"{r['system']}: {r['task']} / {r['dataset']} (n={r['n']})"
             plot_confusion(r["confusion"], title, png)
             images[f"{r['system']}|{r['task']}/{r['dataset']}"] = str(png.relative_to(out))
+        if r.get("reliability") and r["system"] == result["model"]:
+            png = folder / f"reliability_{slug(r['task'])}_{slug(r['dataset'])}.png"
+            title = f"{r['system']}: {r['task']} / {r['dataset']} (n={r['n']})"
+            plot_reliability(r["reliability"], title, png)
+            key = f"reliability|{r['system']}|{r['task']}/{r['dataset']}"
+            images[key] = str(png.relative_to(out))
     plot = plot_quality_speed(
         eval_points(result),
         out / f"eval_{name}_quality_vs_speed.png",

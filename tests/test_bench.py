@@ -256,22 +256,26 @@ def test_eval_report_files(tmp_path):
         "metrics": {"accuracy": 5 / 6},
         "items_per_s": 100.0,
         "ece": 0.1,
+        "ece_raw": 0.25,
+        "temperature": 1.5,
+        "reliability": {"raw": [(0.9, 0.8, 4), (0.6, 0.5, 2)], "calibrated": [(0.8, 0.8, 6)]},
         "confusion": confusion,
     }
+    uncalibrated = {"ece": None, "ece_raw": None, "temperature": None, "reliability": {}}
     result = {
         "model": "my/model.gguf",
         "split": "test",
         "limit": 6,
         "results": [
             {"system": "my/model.gguf", **row},
-            {"system": "vader", **row, "ece": None, "items_per_s": 5000.0},
+            {"system": "vader", **row, **uncalibrated, "items_per_s": 5000.0},
             {
                 "system": "my/model.gguf",
                 **row,
                 "task": "valence",
                 "metric": "pearson",
                 "metrics": {"pearson": 0.5},
-                "ece": None,
+                **uncalibrated,
                 "confusion": {},
             },
         ],
@@ -283,10 +287,17 @@ def test_eval_report_files(tmp_path):
     data = json.loads(files["json"].read_text())
     assert data["plots"]["confusion"]
     md = files["md"].read_text()
-    assert "| my/model.gguf | polarity | sst2 | accuracy | 0.8333 | 0.8333 | 0.1000 | 6 |" in md
+    assert (
+        "| my/model.gguf | polarity | sst2 | accuracy | 0.8333 | 0.8333 | 0.1000 | 0.2500 | "
+        "1.500 | 6 |" in md
+    )
+    reliability = data["plots"]["confusion"]["reliability|my/model.gguf|polarity/sst2"]
+    assert (tmp_path / reliability).stat().st_size > 1000 and f"[png]({reliability})" in md
     assert "x/y: no head" in md
     pngs = list((tmp_path / f"eval_{name}").glob("*.png"))
-    assert len(pngs) == 1  # one classification benchmark of the model; peers get none
+    # one classification benchmark of the model: its confusion matrix and reliability
+    # diagram; peers get none
+    assert len(pngs) == 2
     for png in [*pngs, files["plot"]]:
         assert png.read_bytes()[:8] == PNG_MAGIC
     assert len(eval_points(result)) == 3
