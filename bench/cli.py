@@ -1,4 +1,4 @@
-"""`affedge eval` and `affedge bench` (mounted through the ``affedge.commands`` entry points).
+"""`affedge eval`, `bench` and `report` (mounted through the ``affedge.commands`` entry points).
 
 Each Typer holds one command and no callback, so it collapses into that command:
 ``affedge eval --task ...``, not ``affedge eval eval``. Nothing heavy is imported until a
@@ -27,6 +27,7 @@ from affedge.errors import InputError
 
 eval_app = typer.Typer(name="eval", add_completion=False)
 bench_app = typer.Typer(name="bench", add_completion=False)
+report_app = typer.Typer(name="report", add_completion=False)
 
 
 @eval_app.command("eval")
@@ -109,17 +110,26 @@ def bench(
         typer.Option(help="MODEL=FOLDER: torch source of an ONNX model (transformers peer)."),
     ] = None,
     data_dir: DataDirOpt = None,
-    out: Annotated[Path, typer.Option(help="Folder for bench.json/.md and the plot.")] = Path(
+    out: Annotated[Path, typer.Option(help="Folder for bench.* and the plot.")] = Path(
         "bench-results"
     ),
+    output_format: Annotated[
+        str,
+        typer.Option(
+            "--output-format",
+            help="Comma-separated files to write: md, json, csv, jsonl, sql (json always).",
+        ),
+    ] = "md,json,csv,jsonl,sql",
 ) -> None:
     """Speed, latency, cold start and memory of models against their peers, same inputs."""
+    from affedge.bench.formats import parse_formats, write_bench
     from affedge.bench.harness import bench_markdown, bench_points, plot_quality_speed, run_bench
-    from affedge.bench.reporting import stamp, write_report
+    from affedge.bench.reporting import stamp
     from affedge.benchmarks import get_benchmark
     from affedge.models import default_model_name
     from affedge.tasks import get_task
 
+    formats = parse_formats(output_format)
     try:
         thread_list = [int(t) for t in split_list(threads)]
     except ValueError:
@@ -149,4 +159,25 @@ def bench(
         bench_points(report), out / "bench_quality_vs_speed.png", "accuracy vs items/s"
     )
     report["plot"] = plot.name
-    write_report(out / "bench", report, bench_markdown(report))
+    markdown = bench_markdown(report)
+    write_bench(out / "bench", report, markdown, formats)
+    print(markdown)
+
+
+@report_app.command("report")
+def report(
+    results: Annotated[Path, typer.Argument(help="A results folder (bench/results/ is one).")],
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="HTML file to write (default RESULTS/report.html)."),
+    ] = None,
+    title: Annotated[str | None, typer.Option(help="Page title.")] = None,
+) -> None:
+    """One self-contained HTML page of a results folder: tables, figures, machines, commands."""
+    from affedge.bench.html_report import write_report_html
+
+    written = write_report_html(results, output or results / "report.html", title)
+    stderr(
+        f"wrote {written['path']} ({written['bytes'] / 1e6:.2f} MB): {written['files']} result "
+        f"files, {written['figures']} figures, {written['listed']} other files listed"
+    )
