@@ -186,3 +186,27 @@ def test_export_calibrate_refuses_a_folder_without_a_manifest(cli, tmp_path):
     res = cli("export", "calibrate", tmp_path)
     assert res.returncode == 2
     assert len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr
+
+
+def test_gguf_artifacts_apply_their_temperatures(tmp_path, smollm2_path):
+    """A GGUF artifact folder's manifest temperatures reach the llama.cpp engine's label
+    probabilities; labels do not move."""
+    folder = tmp_path / "gguf"
+    folder.mkdir()
+    shutil.copyfile(smollm2_path, folder / "model.gguf")  # (symlinks out are refused)
+    Manifest(kind="affedge-llm-gguf", file="model.gguf", calibration={"polarity": 3.0}).write(
+        folder
+    )
+    records = [Record(id=str(i), text=t) for i, t in enumerate(TEXTS)]
+    engine = open_engine(str(folder), threads=1)
+    try:
+        task = get_task("polarity")
+        cal = list(engine.classify(records, task))
+        engine.calibrate = False
+        raw = list(engine.classify(records, task))
+    finally:
+        engine.close()
+    for c, r in zip(cal, raw, strict=True):
+        assert c.label == r.label
+        want = recalibrate(np.array(list(r.probs.values())), 3.0)
+        np.testing.assert_allclose(list(c.probs.values()), want, atol=1e-9)

@@ -204,7 +204,9 @@ def _wait_for_records(path, n, proc, timeout=120):
 
 @pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGINT])
 def test_resume_after_interruption_loses_and_duplicates_nothing(cli, tmp_path, how):
-    lines = [f"Item number {i}: {'great' if i % 2 else 'awful'} experience." for i in range(40)]
+    # more items than one scoring batch (64), so the run writes in several bursts
+    n = 200
+    lines = [f"Item number {i}: {'great' if i % 2 else 'awful'} experience." for i in range(n)]
     (tmp_path / "in.txt").write_text("\n".join(lines) + "\n")
     args = ["classify", "in.txt", "--threads", "2", "-q"]
     reference = cli(*args, "-o", "ref.jsonl", cwd=tmp_path)
@@ -226,7 +228,7 @@ def test_resume_after_interruption_loses_and_duplicates_nothing(cli, tmp_path, h
     assert resumed.returncode == 0, resumed.stderr
     assert out.read_text() == (tmp_path / "ref.jsonl").read_text()
     assert not partial_path(out).exists()
-    assert [r["id"] for r in _jsonl(out.read_text())] == list(range(1, 41))
+    assert [r["id"] for r in _jsonl(out.read_text())] == list(range(1, n + 1))
 
     other = cli("classify", "in.txt", "--task", "polarity", "-o", "out.jsonl", "--resume", "-q",
                 cwd=tmp_path)  # fmt: skip

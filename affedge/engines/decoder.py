@@ -17,10 +17,12 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
+from itertools import islice
 from typing import Any, ClassVar
 
 import numpy as np
 
+from affedge.calibration import tempered_softmax
 from affedge.engines.base import Capability, Engine, LabelResult, ScoreResult
 from affedge.prompts import (
     ItemPrompt,
@@ -39,10 +41,12 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
 
 
-def label_result(answers: Sequence[str], logp: np.ndarray, truncated: bool) -> LabelResult:
-    """Label probabilities: the softmax of the answers' continuation log-probabilities."""
-    probs = np.exp(logp - logp.max())
-    probs /= probs.sum()
+def label_result(
+    answers: Sequence[str], logp: np.ndarray, truncated: bool, temperature: float = 1.0
+) -> LabelResult:
+    """Label probabilities: the softmax of the answers' continuation log-probabilities,
+    divided by the model's fitted ``temperature`` (:mod:`affedge.calibration`)."""
+    probs = tempered_softmax(logp, temperature)
     return LabelResult(
         probs={a: float(p) for a, p in zip(answers, probs, strict=True)}, truncated=truncated
     )
@@ -105,6 +109,30 @@ class DecoderEngine(Engine):
     def _answer_logprobs(self, prompt: ItemPrompt) -> np.ndarray:
         """log p(answer | prompt) for every answer of ``prompt``, in answer order."""
 
+    #: Items that :meth:`classify` and :meth:`score` hand to :meth:`_answer_logprobs_many`
+    #: at once (1: one at a time).
+    batch_size: int = 1
+
+    @property
+    def block_size(self) -> int:
+        """Batched scoring may round differently with other sequences in the batch, so a
+        resumed run re-reads whole batches (:attr:`Engine.block_size`)."""
+        return max(1, self.batch_size)
+
+    def _answer_logprobs_many(self, prompts: Sequence[ItemPrompt]) -> list[np.ndarray]:
+        """:meth:`_answer_logprobs` of each prompt; a backend overrides it to batch them."""
+        return [self._answer_logprobs(p) for p in prompts]
+
+    def _scored(
+        self, spec: PromptSpec, prompt: PromptTokens, records: Iterable[Record]
+    ) -> Iterator[tuple[ItemPrompt, np.ndarray]]:
+        """Each record's prompt and answer log-probabilities, ``batch_size`` records at once,
+        in input order."""
+        it = iter(records)
+        while chunk := list(islice(it, max(1, self.batch_size))):
+            items = [self._item(spec, prompt, r) for r in chunk]
+            yield from zip(items, self._answer_logprobs_many(items), strict=True)
+
     # ----------------------------------------------------------------- prompt plumbing
 
     def _task_prompt(
@@ -121,9 +149,9 @@ class DecoderEngine(Engine):
         self, records: Iterable[Record], task: Task, labels: Sequence[str] | None = None
     ) -> Iterator[LabelResult]:
         spec, prompt = self._task_prompt(task, labels)
-        for record in records:
-            item = self._item(spec, prompt, record)
-            yield label_result(spec.answers, self._answer_logprobs(item), item.truncated)
+        temperature = self.temperature(task, labels)
+        for item, logp in self._scored(spec, prompt, records):
+            yield label_result(spec.answers, logp, item.truncated, temperature)
 
     def choose(
         self, messages: Sequence[dict[str, str]], body: str, answers: Sequence[str]
@@ -134,9 +162,8 @@ class DecoderEngine(Engine):
 
     def score(self, records: Iterable[Record], task: Task) -> Iterator[ScoreResult]:
         spec, prompt = self._task_prompt(task, None)
-        for record in records:
-            item = self._item(spec, prompt, record)
-            yield score_result(self._answer_logprobs(item), item.truncated)
+        for item, logp in self._scored(spec, prompt, records):
+            yield score_result(logp, item.truncated)
 
     def prompt_tokens(
         self, task: Task, record: Record, labels: Sequence[str] | None = None

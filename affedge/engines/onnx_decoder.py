@@ -40,6 +40,7 @@ class ONNXDecoderEngine(DecoderEngine):
         if manifest.special_tokens is None or "eot_id" not in manifest.special_tokens:
             raise ModelError(f"{folder}: the manifest lacks special_tokens.eot_id")
         self.manifest = manifest
+        self.temperatures = manifest.calibration
         model_file = ref.path if ref.path.is_file() else manifest.model_file(folder)
         tok_file = folder / "tokenizer.json"
         if not tok_file.is_file():
