@@ -205,7 +205,7 @@ def _wait_for_records(path, n, proc, timeout=120):
 @pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGINT])
 def test_resume_after_interruption_loses_and_duplicates_nothing(cli, tmp_path, how):
     # more items than one scoring batch (64), so the run writes in several bursts
-    n = 200
+    n = 150
     lines = [f"Item number {i}: {'great' if i % 2 else 'awful'} experience." for i in range(n)]
     (tmp_path / "in.txt").write_text("\n".join(lines) + "\n")
     args = ["classify", "in.txt", "--threads", "2", "-q"]
