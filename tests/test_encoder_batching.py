@@ -176,7 +176,20 @@ def test_a_resumed_int8_run_writes_what_an_uninterrupted_run_writes(tmp_path, st
     from affedge.runner import Job, RunInterrupted, annotate_file
 
     rng = random.Random(5)
-    words = "good bad film plot actor awful great boring lovely dull scene music".split()
+    words = [
+        "good",
+        "bad",
+        "film",
+        "plot",
+        "actor",
+        "awful",
+        "great",
+        "boring",
+        "lovely",
+        "dull",
+        "scene",
+        "music",
+    ]
     lines = [" ".join(rng.choices(words, k=rng.choice([2, 5, 9, 17, 40]))) for _ in range(600)]
     src = tmp_path / "in.txt"
     src.write_text("\n".join(lines) + "\n")
