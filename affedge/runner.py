@@ -4,6 +4,8 @@
 ``--task all``, negotiate) on an open engine; :func:`annotate_file` wraps it in the file
 protocol: read and validate the whole input before the model loads, resume an interrupted
 ``--output`` run without losing or duplicating records, and write the output atomically.
+With ``--long chunk`` (the default) an item longer than the model's context is read in
+windows and their results averaged (:mod:`affedge.chunking`); the row says ``chunks: n``.
 """
 
 from __future__ import annotations
@@ -15,9 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from affedge.chunking import check_long, read_long, reads_in_chunks
 from affedge.engines import Capability, Engine, LabelResult, ScoreResult, open_engine
 from affedge.errors import InputError, ModelError
 from affedge.io import (
+    MAX_CHUNKED_ITEM_CHARS,
+    MAX_ITEM_CHARS,
     InputReader,
     ResultSink,
     check_output_format,
@@ -50,15 +55,29 @@ class Job:
     agree_threshold: float = 0.5
     #: Apply the model's fitted temperatures to label probabilities (``--no-calibration``).
     calibrate: bool = True
+    #: Texts longer than the context: ``chunk`` reads them in windows (engines with
+    #: :attr:`Capability.CHUNKS`), ``truncate`` cuts them. Negotiation always truncates.
+    long: str = "chunk"
 
     @property
     def every_head(self) -> bool:
         return self.task == ALL_TASKS
 
+    @property
+    def chunked(self) -> bool:
+        """Whether long texts are read in windows (on engines that can)."""
+        return self.long == "chunk" and self.command != "negotiate"
+
+    @property
+    def max_chars(self) -> int:
+        """Where the reader cuts an item: far longer when it is read in windows."""
+        return MAX_CHUNKED_ITEM_CHARS if self.chunked else MAX_ITEM_CHARS
+
     def resolve_task(self) -> Task | None:
         """The registry task (None for ``all``); InputError for an unknown one."""
         if self.command not in COMMANDS:
             raise InputError(f"unknown command {self.command!r}: choose {', '.join(COMMANDS)}")
+        check_long(self.long)
         if self.command == "negotiate" and self.task not in NEGOTIATE_TASKS:
             raise InputError(
                 f"negotiate supports --task {', '.join(NEGOTIATE_TASKS)}, not {self.task!r}"
@@ -70,7 +89,10 @@ class Job:
     def options(self) -> dict[str, Any] | None:
         """The options a resumed run must share (None: the defaults of a classify run)."""
         if self.command != "negotiate":
-            return None if self.calibrate else {"calibration": False}
+            changed: dict[str, Any] = {} if self.calibrate else {"calibration": False}
+            if self.long != "chunk":
+                changed["long"] = self.long
+            return changed or None
         options = {
             "max_rounds": self.max_rounds,
             "trace": self.trace,
@@ -95,11 +117,19 @@ class Job:
 
 
 def output_row(
-    record: Record, task: str, model: str, fields: dict[str, Any], truncated: bool = False
+    record: Record,
+    task: str,
+    model: str,
+    fields: dict[str, Any],
+    truncated: bool = False,
+    chunks: int = 1,
 ) -> dict[str, Any]:
-    """One output record: id, text, task, the result's fields, model, and ``truncated`` only
-    when the item was cut to fit the model."""
+    """One output record: id, text, task, the result's fields, model, ``chunks`` only when
+    the item was read in two or more windows, and ``truncated`` only when it was cut to fit
+    the model."""
     row = {"id": record_id(record), "text": record.text, "task": task, **fields, "model": model}
+    if chunks > 1:
+        row["chunks"] = chunks
     if truncated:
         row["truncated"] = True
     return row
@@ -107,29 +137,37 @@ def output_row(
 
 def label_row(record: Record, task: str, result: LabelResult, model: str) -> dict[str, Any]:
     fields = {"label": result.label, "probs": result.probs}
-    return output_row(record, task, model, fields, result.truncated)
+    return output_row(record, task, model, fields, result.truncated, result.chunks)
 
 
 def score_row(record: Record, task: str, result: ScoreResult, model: str) -> dict[str, Any]:
-    return output_row(record, task, model, {"score": result.score}, result.truncated)
+    fields = {"score": result.score}
+    return output_row(record, task, model, fields, result.truncated, result.chunks)
 
 
 def all_heads_row(record: Record, task: str, result: dict[str, Any], model: str) -> dict[str, Any]:
     """`--task all`: every head of a multi-head encoder."""
-    fields = {k: v for k, v in result.items() if k != "truncated"}
-    return output_row(record, task, model, fields, bool(result.get("truncated")))
+    fields = {k: v for k, v in result.items() if k not in ("truncated", "chunks")}
+    truncated, chunks = bool(result.get("truncated")), result.get("chunks", 1)
+    return output_row(record, task, model, fields, truncated, chunks)
 
 
 def results(engine: Engine, records: Iterable[Record], job: Job) -> Iterator[dict[str, Any]]:
-    """Output rows of ``records`` in input order, computed lazily (engines batch inside)."""
+    """Output rows of ``records`` in input order, computed lazily (engines batch inside);
+    with ``job.long == "chunk"`` each long item is read in windows whose results are
+    averaged as they come back (:func:`affedge.chunking.read_long`)."""
     task = job.resolve_task()
     job.check_engine(engine)
     order: deque[Record] = deque()  # records handed to the engine, waiting for their result
+    chunked = job.chunked and reads_in_chunks(engine, job.long)
 
     def tap() -> Iterator[Record]:
         for record in records:
             order.append(record)
             yield record
+
+    def read(run: Callable[[Iterable[Record]], Iterator[Any]]) -> Iterator[Any]:
+        return read_long(engine, tap(), run) if chunked else run(tap())
 
     make_row: Callable[[Record, str, Any, str], dict[str, Any]]
     if job.command == "negotiate":
@@ -144,13 +182,13 @@ def results(engine: Engine, records: Iterable[Record], job: Job) -> Iterator[dic
         def make_row(record: Record, name: str, result: Any, model: str) -> dict[str, Any]:
             return negotiation_row(record, name, result, model, job.trace)
     elif job.every_head:
-        stream, make_row = engine.analyze(tap()), all_heads_row
+        stream, make_row = read(engine.analyze), all_heads_row
     elif job.command == "classify":
         assert task is not None
-        stream, make_row = engine.classify(tap(), task, job.labels), label_row
+        stream, make_row = read(lambda rs: engine.classify(rs, task, job.labels)), label_row
     else:
         assert task is not None
-        stream, make_row = engine.score(tap(), task), score_row
+        stream, make_row = read(lambda rs: engine.score(rs, task)), score_row
     for result in stream:
         yield make_row(order.popleft(), job.task, result, engine.name)
 
@@ -172,6 +210,9 @@ class RunSummary:
     clipped: int
     output: Path | None
     complete_already: bool = False
+    #: Items read in two or more windows (``--long chunk``), and where items were cut.
+    chunked: int = 0
+    clip_chars: int = MAX_ITEM_CHARS
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -211,7 +252,7 @@ def annotate_file(
     if output is not None and not output.parent.exists():
         raise InputError(f"{output.parent}: output folder does not exist")
 
-    reader = InputReader(input_path, input_format, text_field, encoding)
+    reader = InputReader(input_path, input_format, text_field, encoding, job.max_chars)
     total = scan(reader)  # every input problem surfaces here, before any model work
     ref = resolve_model(model)
     header: dict[str, Any] = {
@@ -271,6 +312,8 @@ def _run(
     except BaseException:
         engine.close()
         raise
+    if not reads_in_chunks(engine, job.long):  # this model truncates: cut as --long truncate
+        reader.max_chars = min(reader.max_chars, MAX_ITEM_CHARS)
     # Finished records of the block the interrupted run stopped in are computed again (not
     # written again), so every block reaches the engine whole, as in an uninterrupted run.
     replay = done % engine.block_size
@@ -287,7 +330,7 @@ def _run(
 
     sink = ResultSink(output, out_format, header, resume=partial)
     started = time.perf_counter()
-    processed = truncated = 0
+    processed = truncated = chunked = 0
     try:
         if on_start is not None:
             on_start(total, done)
@@ -297,6 +340,7 @@ def _run(
             sink.write(row)
             processed += 1
             truncated += bool(row.get("truncated"))
+            chunked += "chunks" in row
             if on_row is not None:
                 on_row()
         sink.finish()
@@ -318,4 +362,6 @@ def _run(
         blank=reader.stats.blank,
         clipped=reader.stats.clipped,
         output=output,
+        chunked=chunked,
+        clip_chars=reader.max_chars,
     )

@@ -137,7 +137,10 @@ def write_manifest(
     runtime: dict[str, Any] | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
-    """The artifact's manifest: runtime fields, where it came from and its verification."""
+    """The artifact's manifest: runtime fields, where it came from and its verification.
+
+    ``runtime`` adds runtime fields or replaces the ones taken from the source (``base``,
+    ``tasks``, ``labels``)."""
     import importlib.metadata as md
 
     def version(pkg: str) -> str | None:
@@ -147,14 +150,17 @@ def write_manifest(
             return None
 
     origin = source.manifest
+    fields: dict[str, Any] = {
+        "base": origin.base if origin else None,
+        "tasks": source.tasks,
+        "labels": dict(origin.labels) if origin else {},
+        **(runtime or {}),
+    }
     manifest = Manifest(
         kind=kind.value,
         file=file,
-        base=origin.base if origin else None,
-        tasks=source.tasks,
-        labels=dict(origin.labels) if origin else {},
         quant=quant,
-        **(runtime or {}),
+        **fields,
         info={
             "source": {
                 "path": str(source.path),

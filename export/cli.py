@@ -1,5 +1,5 @@
-"""`affedge export onnx|gguf` (mounted through the ``affedge.commands`` entry points; needs
-the ``export`` extra). Nothing heavy is imported until a command runs."""
+"""`affedge export onnx|gguf|gguf-lora|calibrate` (mounted through the ``affedge.commands``
+entry points; needs the ``export`` extra). Nothing heavy is imported until a command runs."""
 
 from __future__ import annotations
 
@@ -98,6 +98,41 @@ def gguf(
         model_dir, out, split_list(quant), sample, data_dir, threads, stderr, min_agreement
     )
     print(json.dumps(reports, indent=2))
+
+
+@app.command("gguf-lora")
+def gguf_lora(
+    run_dir: Annotated[
+        Path,
+        typer.Argument(
+            help="Run folder of `affedge train progressive|multitask`, or a peft "
+            "LoRA adapter folder."
+        ),
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Artifact folder to write.")],
+    base: Annotated[
+        str | None,
+        typer.Option(help="Base GGUF (built-in name or path; default: the run's base)."),
+    ] = None,
+    out_type: Annotated[str, typer.Option("--type", help="Adapter tensors: f16 or f32.")] = "f16",
+    sample: SampleOpt = 500,
+    data_dir: DataDirOpt = None,
+    threads: ExportThreadsOpt = 2,
+    min_agreement: MinAgreementOpt = None,
+) -> None:
+    """Write the trained LoRA as a llama.cpp adapter GGUF applied on the base at load time.
+
+    OUT gets adapter.gguf + affedge.json (run it with `affedge classify -m OUT`), only if the
+    adapter on the base agrees with the trained model on a validation sample."""
+    require_extra("torch", "export")
+    require_extra("gguf", "export")
+    require_extra("llama_cpp", "export")
+    from affedge.export.gguf_lora import export_gguf_lora
+
+    manifest = export_gguf_lora(
+        run_dir, out, base, out_type, sample, data_dir, threads, stderr, min_agreement
+    )
+    print(json.dumps(manifest, indent=2))
 
 
 @app.command("calibrate")

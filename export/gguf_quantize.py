@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from affedge.atomic import atomic_path
 from affedge.errors import ModelError
 
 #: Quant names users pass (`--quant`) -> llama.cpp file types. f16/f32 are written directly.
@@ -44,18 +43,6 @@ def quantize(src: Path, dst: Path, quant: str, threads: int | None = None) -> Pa
     Tensors whose rows do not fit a k-quant's 256-wide blocks fall back to a legacy type
     inside llama.cpp (tiny models hit this; real ones do not).
     """
-    import llama_cpp
-    from llama_cpp._utils import suppress_stdout_stderr
+    from affedge.gguf_base import llama_quantize
 
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = getattr(llama_cpp, QUANT_TYPES[quant])
-    params.nthread = threads or os.cpu_count() or 1
-    with atomic_path(dst) as partial:
-        partial.unlink()  # llama.cpp creates the file itself
-        with suppress_stdout_stderr(disable=False):  # one warning line per fallback tensor
-            rc = llama_cpp.llama_model_quantize(
-                str(src).encode(), str(partial).encode(), llama_cpp.byref(params)
-            )
-        if rc != 0 or not partial.is_file():
-            raise ModelError(f"{src}: llama.cpp failed to quantize to {quant} (code {rc})")
-    return dst
+    return llama_quantize(src, dst, QUANT_TYPES[quant], threads or os.cpu_count() or 1)

@@ -207,7 +207,8 @@ try:
     affedge.cli.main()
 except SystemExit:
     pass
-prefixes = ("affedge.train", "affedge.export", "affedge.bench", "torch", "transformers", "peft")
+prefixes = ("affedge.train", "affedge.export", "affedge.bench", "torch", "transformers", "peft",
+            "ray", "affedge.ray_data")
 print("LOADED", sorted(m for m in sys.modules if m.startswith(prefixes)))
 """
 

@@ -43,11 +43,20 @@ import numpy as np
 import torch
 
 from affedge.artifact import Manifest, has_manifest
-from affedge.atomic import atomic_path, atomic_write_text, staged_dir
+from affedge.atomic import atomic_path, atomic_write_text
 from affedge.datasets import DATASETS, data_root
 from affedge.encoding import ENCODER_CONTEXT_TURNS, EncoderTokenizer
 from affedge.errors import AffedgeError
 from affedge.tasks import HEADS
+from affedge.train.checkpoint import (
+    load_optimizer_state,
+    optimizer_state,
+    read_checkpoint,
+    rng_state,
+    section,
+    set_rng_state,
+    write_checkpoint,
+)
 from affedge.train.encoder_data import Example, build_examples, data_fingerprint
 from affedge.train.encoder_model import (
     MANIFEST,
@@ -348,48 +357,27 @@ def _save_checkpoint(
     sampler: MixedSampler,
     data_sha: dict[str, str],
 ) -> None:
-    """Tensors into ``state.safetensors``, scalars into ``state.json``; the folder replaces
-    the previous checkpoint atomically."""
-    from safetensors.torch import save_file
-
+    """Tensors into ``state.safetensors``, scalars into ``state.json`` (train/checkpoint.py);
+    the folder replaces the previous checkpoint atomically."""
     tensors: dict[str, torch.Tensor] = {}
     for key, value in model.state_dict().items():
         tensors[f"model.{key}"] = value
     for key, value in weights.state_dict().items():
         tensors[f"task_weights.{key}"] = value
-    opt_state = optimizer.state_dict()
-    scalars: dict[str, dict[str, Any]] = {}
-    for index, entry in opt_state["state"].items():
-        for name, value in entry.items():
-            if isinstance(value, torch.Tensor):
-                tensors[f"optimizer.{index}.{name}"] = value
-            else:
-                scalars.setdefault(str(index), {})[name] = value
-    tensors["rng.torch"] = torch.get_rng_state()
-    if torch.cuda.is_available():
-        for i, state in enumerate(torch.cuda.get_rng_state_all()):
-            tensors[f"rng.cuda.{i}"] = state
-    np_kind, np_keys, np_pos, np_gauss, np_cached = np.random.get_state()
-    tensors["rng.numpy"] = torch.from_numpy(np.asarray(np_keys, dtype=np.int64))
-    py_rng, order = sampler.state()
-    for key, indices in order.items():
+    opt_tensors, opt_meta = optimizer_state(optimizer)
+    rng_tensors, rng_meta = rng_state(sampler.rng)  # the sampler's Python RNG
+    for key, indices in sampler.state()[1].items():
         tensors[f"sampler.order.{key}"] = torch.tensor(indices, dtype=torch.int64)
     meta = {
         "step": progress.step,
         "config": asdict(cfg),
         "data_sha256": data_sha,
-        "optimizer": {"param_groups": opt_state["param_groups"], "scalars": scalars},
+        "optimizer": opt_meta,
         "scheduler": scheduler.state_dict(),
-        "rng": {
-            "python": [py_rng[0], list(py_rng[1]), py_rng[2]],
-            "numpy": [np_kind, int(np_pos), int(np_gauss), float(np_cached)],
-        },
+        "rng": rng_meta,
         "progress": asdict(progress),
     }
-    with staged_dir(folder) as stage:
-        cpu = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-        save_file(cpu, stage / "state.safetensors")
-        (stage / "state.json").write_text(json.dumps(meta) + "\n")
+    write_checkpoint(folder, {**tensors, **opt_tensors, **rng_tensors}, meta)
 
 
 def _load_checkpoint(
@@ -404,9 +392,7 @@ def _load_checkpoint(
 ) -> _Progress:
     """Restore everything :func:`_save_checkpoint` wrote; AffedgeError if the checkpoint
     belongs to another recipe or other data."""
-    from safetensors.torch import load_file
-
-    meta = json.loads((folder / "state.json").read_text())
+    tensors, meta = read_checkpoint(folder)
     saved, current = meta["config"], json.loads(json.dumps(asdict(cfg)))
     changed = sorted(
         f.name
@@ -420,34 +406,12 @@ def _load_checkpoint(
         )
     if meta["data_sha256"] != data_sha:
         raise AffedgeError(f"{folder}: the training data changed since the checkpoint")
-    tensors = load_file(folder / "state.safetensors", device="cpu")
-
-    def section(prefix: str) -> dict[str, torch.Tensor]:
-        return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
-
-    model.load_state_dict(section("model."))
-    weights.load_state_dict(section("task_weights."))
-    state: dict[int, dict[str, Any]] = {}
-    for key, value in section("optimizer.").items():
-        index, name = key.split(".", 1)
-        state.setdefault(int(index), {})[name] = value
-    for index, entry in meta["optimizer"]["scalars"].items():
-        state.setdefault(int(index), {}).update(entry)
-    groups = meta["optimizer"]["param_groups"]
-    for group in groups:
-        if "betas" in group:
-            group["betas"] = tuple(group["betas"])
-    optimizer.load_state_dict({"state": state, "param_groups": groups})
+    model.load_state_dict(section(tensors, "model."))
+    weights.load_state_dict(section(tensors, "task_weights."))
+    load_optimizer_state(optimizer, tensors, meta["optimizer"])
     scheduler.load_state_dict(meta["scheduler"])
-    torch.set_rng_state(tensors["rng.torch"])
-    if torch.cuda.is_available():  # absent when the checkpoint was written on a CPU machine
-        cuda = [tensors.get(f"rng.cuda.{i}") for i in range(torch.cuda.device_count())]
-        if all(state is not None for state in cuda):
-            torch.cuda.set_rng_state_all(cuda)
-    np_kind, np_pos, np_gauss, np_cached = meta["rng"]["numpy"]
-    keys = tensors["rng.numpy"].numpy().astype(np.uint32)
-    np.random.set_state((np_kind, keys, np_pos, np_gauss, np_cached))
-    order = {k: v.tolist() for k, v in section("sampler.order.").items()}
+    set_rng_state(tensors, meta["rng"], sampler.rng)
+    order = {k: v.tolist() for k, v in section(tensors, "sampler.order.").items()}
     sampler.load_state(meta["rng"]["python"], order)
     return _Progress(**meta["progress"])
 

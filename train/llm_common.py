@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import math
 import random
 import time
@@ -189,6 +190,25 @@ def base_manifest(
 def model_dtype_for_save(device: torch.device) -> torch.dtype:
     """fp32 on the CPU (small models); bf16 on CUDA (what the GPU trained in)."""
     return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+#: Where a run keeps a LoRA adapter (peft's state-dict keys and config), read by
+#: ``affedge export gguf-lora``: progressive runs in ``stages/<stage>/``, multitask in ``adapter/``.
+ADAPTER_WEIGHTS = "adapter.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def save_adapter(folder: Path, peft_model: Any) -> None:
+    """The adapter's trained A/B weights and its peft config (so PeftModel reads them)."""
+    from safetensors.torch import save_file
+
+    from affedge.train.lora import adapter_state
+
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(adapter_state(peft_model), folder / ADAPTER_WEIGHTS)
+    config = peft_model.peft_config["default"].to_dict()
+    config["target_modules"] = sorted(config["target_modules"])
+    (folder / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2, default=str) + "\n")
 
 
 @dataclass

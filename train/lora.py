@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
@@ -25,11 +24,19 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from affedge.atomic import staged_dir
 from affedge.errors import AffedgeError, ModelError
+from affedge.train.checkpoint import (
+    has_checkpoint,
+    load_optimizer_state,
+    optimizer_state,
+    read_checkpoint,
+    rng_state,
+    section,
+    set_rng_state,
+    write_checkpoint,
+)
 from affedge.train.hf_base import hf_folder, load_causal_lm
 from affedge.train.sft_data import IGNORE, SFTExample, collate
 
@@ -221,23 +228,6 @@ def lr_factor(step: int, total: int, warmup: float) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def _rng_state() -> dict[str, Any]:
-    return {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def _trainable(modules: dict[str, torch.nn.Module]) -> dict[str, torch.Tensor]:
     return {
         f"{m}.{n}": p
@@ -262,43 +252,49 @@ class LoopResult:
 def save_checkpoint(
     folder: Path, step: int, modules: dict[str, torch.nn.Module], opt: Any, result: LoopResult
 ) -> None:
-    """Trainable weights + optimizer + RNG + step, written atomically into ``folder``."""
-    state = {k: v.detach().cpu() for k, v in _trainable(modules).items()}
-    with staged_dir(folder) as tmp:
-        torch.save(
-            {
-                "step": step,
-                "weights": state,
-                "optimizer": opt.state_dict(),
-                "rng": _rng_state(),
-                "tokens": result.tokens,
-                "seconds": result.seconds,
-                "history": result.history,
-            },
-            tmp / "state.pt",
-        )
-        (tmp / "step.json").write_text(json.dumps({"step": step}) + "\n")
+    """Trainable weights, optimizer, RNG states and step, written atomically into ``folder``
+    as safetensors + JSON (train/checkpoint.py: loading one never unpickles anything)."""
+    opt_tensors, opt_meta = optimizer_state(opt)
+    rng_tensors, rng_meta = rng_state()
+    weights = {f"weights.{k}": v for k, v in _trainable(modules).items()}
+    meta = {
+        "step": step,
+        "optimizer": opt_meta,
+        "rng": rng_meta,
+        "tokens": result.tokens,
+        "seconds": result.seconds,
+        "history": result.history,
+    }
+    write_checkpoint(folder, {**weights, **opt_tensors, **rng_tensors}, meta)
 
 
 def load_checkpoint(
     folder: Path, modules: dict[str, torch.nn.Module], opt: Any, result: LoopResult
 ) -> int:
-    state = torch.load(folder / "state.pt", weights_only=False)
+    """Restore :func:`save_checkpoint`'s state; one AffedgeError line if the checkpoint is
+    unreadable or belongs to other adapters."""
+    tensors, meta = read_checkpoint(folder)
+    weights = section(tensors, "weights.")
     params = _trainable(modules)
-    missing = set(params) ^ set(state["weights"])
-    if missing:
+    mismatch = sorted(set(params) ^ set(weights)) or sorted(
+        k for k, p in params.items() if weights[k].shape != p.shape
+    )
+    if mismatch:
         raise AffedgeError(
-            f"{folder}: checkpoint does not match this run's adapters ({sorted(missing)[:2]}); "
+            f"{folder}: checkpoint does not match this run's adapters ({mismatch[:2]}); "
             "use the same options as the interrupted run or delete the checkpoint"
         )
-    with torch.no_grad():
-        for k, p in params.items():
-            p.copy_(state["weights"][k].to(p.device))
-    opt.load_state_dict(state["optimizer"])
-    _set_rng_state(state["rng"])
-    result.tokens, result.seconds = state["tokens"], state["seconds"]
-    result.history = state["history"]
-    return int(state["step"])
+    try:
+        with torch.no_grad():
+            for k, p in params.items():
+                p.copy_(weights[k].to(p.device))
+        load_optimizer_state(opt, tensors, meta["optimizer"])
+        set_rng_state(tensors, meta["rng"])
+        result.tokens, result.seconds = int(meta["tokens"]), float(meta["seconds"])
+        result.history = list(meta["history"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise AffedgeError(f"{folder}: malformed checkpoint ({type(exc).__name__})") from None
+    return meta["step"]
 
 
 LossFn = Callable[[Any, dict[str, Any], list[SFTExample]], tuple[torch.Tensor, dict[str, float]]]
@@ -371,7 +367,7 @@ def train_loop(
     opt = make_optimizer(groups, paged, settings.weight_decay)
     result = LoopResult(steps=settings.steps, seconds=0.0, tokens=0)
     step = 0
-    if resume and (checkpoint / "state.pt").is_file():
+    if resume and has_checkpoint(checkpoint):
         step = load_checkpoint(checkpoint, modules, opt, result)
         log(f"{label}: resuming from step {step}/{settings.steps} ({checkpoint})")
     else:

@@ -52,6 +52,7 @@ from affedge.train.llm_common import (
     model_dtype_for_save,
     prepare_source,
     resolve_base,
+    save_adapter,
     start_llm_run,
     steps_for,
 )
@@ -383,6 +384,7 @@ def train_multitask(
     )
     from affedge.train.hf_base import hf_folder
 
+    save_adapter(out / "adapter", peft_model)  # before merging (which folds it away)
     merged = merge(peft_model, quant, hf_folder(base_path), device)
     validation = {}
     for sd in sources:

@@ -31,6 +31,7 @@ from affedge.train.llm_common import (
     base_manifest,
     model_dtype_for_save,
     prepare_source,
+    save_adapter,
     sequential_batches,
     start_llm_run,
     steps_for,
@@ -38,7 +39,6 @@ from affedge.train.llm_common import (
 from affedge.train.llm_eval import evaluate_source
 from affedge.train.lora import (
     LoopSettings,
-    adapter_state,
     add_lora,
     load_adapter_state,
     load_base,
@@ -261,13 +261,7 @@ def _working_folder(base_path: Path) -> Path:
 
 def _save_stage(sdir: Path, peft_model: Any, info: dict[str, Any]) -> None:
     """The stage's adapter (peft layout, so PeftModel.from_pretrained reads it)."""
-    from safetensors.torch import save_file
-
-    sdir.mkdir(parents=True, exist_ok=True)
-    save_file(adapter_state(peft_model), sdir / "adapter.safetensors")
-    config = peft_model.peft_config["default"].to_dict()
-    config["target_modules"] = sorted(config["target_modules"])
-    (sdir / "adapter_config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
+    save_adapter(sdir, peft_model)
     shutil.rmtree(sdir / "checkpoint", ignore_errors=True)
 
 

@@ -14,6 +14,8 @@ from affedge.cli.options import (
     InputArg,
     InputFormatOpt,
     LabelsOpt,
+    Long,
+    LongOpt,
     ModelOpt,
     OutputOpt,
     QuietOpt,
@@ -25,7 +27,7 @@ from affedge.cli.options import (
     progress,
     stderr,
 )
-from affedge.io import MAX_ITEM_CHARS
+from affedge.cli.shards import RayAddressOpt, RayOpt, WorkersOpt, run_ray
 from affedge.negotiate import DEFAULT_MAX_ROUNDS
 from affedge.runner import NEGOTIATE_TASKS, Job, RunInterrupted, RunSummary, annotate_file
 from affedge.tasks import CLASSIFY_TASKS, SCORE_TASKS
@@ -75,7 +77,9 @@ def _summary(command: str, s: RunSummary) -> None:
     if s.blank:
         notes.append(f"{s.blank} blank lines skipped")
     if s.clipped:
-        notes.append(f"{s.clipped} items over {MAX_ITEM_CHARS:,} characters cut")
+        notes.append(f"{s.clipped} items over {s.clip_chars:,} characters cut")
+    if s.chunked:
+        notes.append(f"{s.chunked} long items read in windows")
     if s.truncated:
         notes.append(f"{s.truncated} items truncated to the context window")
     if s.resumed:
@@ -109,9 +113,16 @@ def classify(
     threads: ThreadsOpt = None,
     quiet: QuietOpt = False,
     calibration: CalibrationOpt = True,
+    long: LongOpt = Long.chunk,  # type: ignore[attr-defined]
+    ray: RayOpt = False,
+    ray_address: RayAddressOpt = None,
+    workers: WorkersOpt = 1,
 ) -> None:
     """Label every item of INPUT with a probability for each label."""
-    job = Job("classify", task, parse_labels(labels), calibrate=calibration)
+    job = Job("classify", task, parse_labels(labels), calibrate=calibration, long=long.value)
+    if ray or ray_address:
+        return run_ray(job, input, model, format, output, text_field, input_format, encoding,
+                       threads, quiet, ray_address, workers)  # fmt: skip
     run(job, input, model, format, output, text_field, input_format, encoding, resume, threads,
         quiet)  # fmt: skip
 
@@ -133,9 +144,16 @@ def score(
     resume: ResumeOpt = False,
     threads: ThreadsOpt = None,
     quiet: QuietOpt = False,
+    long: LongOpt = Long.chunk,  # type: ignore[attr-defined]
+    ray: RayOpt = False,
+    ray_address: RayAddressOpt = None,
+    workers: WorkersOpt = 1,
 ) -> None:
     """Score the intensity (0 to 1) of every item of INPUT."""
-    job = Job("score", task)
+    job = Job("score", task, long=long.value)
+    if ray or ray_address:
+        return run_ray(job, input, model, format, output, text_field, input_format, encoding,
+                       threads, quiet, ray_address, workers)  # fmt: skip
     run(job, input, model, format, output, text_field, input_format, encoding, resume, threads,
         quiet)  # fmt: skip
 
@@ -164,7 +182,10 @@ def negotiate(
     quiet: QuietOpt = False,
     calibration: CalibrationOpt = True,
 ) -> None:
-    """Label INPUT by SANM negotiation: the model proposes, judges itself, and repeats."""
+    """Label INPUT by SANM negotiation: the model proposes, judges itself, and repeats.
+
+    Texts longer than the model's context are truncated (no --long chunk, unlike classify).
+    """
     job = Job(
         "negotiate", task, parse_labels(labels), max_rounds, trace, agree_threshold, calibration
     )

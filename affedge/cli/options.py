@@ -14,11 +14,14 @@ from typing import Annotated, Any
 
 import typer
 
+from affedge.chunking import LONG_MODES
 from affedge.errors import AffedgeError, InputError
 from affedge.io import OUTPUT_FORMATS
 
 #: ``--format`` choices: the names of :data:`affedge.io.OUTPUT_FORMATS`, its one table.
 Format = Enum("Format", {name: name for name in OUTPUT_FORMATS}, type=str)  # type: ignore[misc]
+#: ``--long`` choices (:data:`affedge.chunking.LONG_MODES`).
+Long = Enum("Long", {name: name for name in LONG_MODES}, type=str)  # type: ignore[misc]
 #: Output formats ``--output``'s suffix implies when ``--format`` is not given.
 SUFFIX_FORMATS = {".csv": "csv", ".parquet": "parquet"}
 
@@ -67,6 +70,17 @@ CalibrationOpt = Annotated[
         "--calibration/--no-calibration",
         help="Apply the model's temperatures fitted on validation data to label probabilities "
         "(--no-calibration: the raw softmax). Labels are the same either way.",
+    ),
+]
+
+
+LongOpt = Annotated[
+    Long,
+    typer.Option(
+        "--long",
+        help="Texts longer than the model's context: chunk reads them whole in windows at "
+        "sentence boundaries and averages the windows' results weighted by their token length "
+        "(the row says chunks: n); truncate cuts them to the context (truncated: true).",
     ),
 ]
 

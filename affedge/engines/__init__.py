@@ -127,7 +127,7 @@ register_backend(
 register_backend(
     Backend(
         "llama.cpp",
-        (ArtifactKind.LLM_GGUF.value,),
+        (ArtifactKind.LLM_GGUF.value, ArtifactKind.LLM_GGUF_LORA.value),
         "affedge.engines.gguf:GGUFEngine",
         extra="llm",
         requires=("llama_cpp",),

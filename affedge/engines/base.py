@@ -28,14 +28,19 @@ class Capability(str, Enum):
     CHAT = "chat"
     #: Any label set (``--labels``); without it only subsets of a head's labels.
     CUSTOM_LABELS = "custom-labels"
+    #: Texts longer than the context read whole in windows (``--long chunk``,
+    #: :meth:`Engine.chunks`); without it they are truncated to the context.
+    CHUNKS = "chunks"
 
 
 @dataclass(frozen=True, slots=True)
 class LabelResult:
-    """A probability for every label (summing to 1), in the label set's order."""
+    """A probability for every label (summing to 1), in the label set's order; ``chunks``:
+    the windows a long text was read in (``--long chunk``), their results averaged."""
 
     probs: dict[str, float]
     truncated: bool = False
+    chunks: int = 1
 
     @property
     def label(self) -> str:
@@ -49,6 +54,7 @@ class ScoreResult:
     score: float
     distribution: tuple[float, ...] = ()
     truncated: bool = False
+    chunks: int = 1
 
 
 class Engine(ABC):
@@ -98,6 +104,14 @@ class Engine(ABC):
         batch) say their look-ahead window, so a resumed run re-reads the block it stopped
         in and writes what an uninterrupted run writes."""
         return 1
+
+    def chunks(self, record: Record) -> Iterator[tuple[Record, int]]:
+        """The windows ``record`` is read in with ``--long chunk``, in text order, each a
+        record that fits the context (same context, speaker and aspect) with its weight (its
+        text's token count); :func:`affedge.chunking.read_long` scores them and averages.
+        Engines with :attr:`Capability.CHUNKS` override it; this default reads the record
+        whole (truncated to the context, as ``--long truncate``)."""
+        yield record, 1
 
     def supports(self, capability: Capability) -> bool:
         return capability in self.capabilities

@@ -11,6 +11,9 @@ token length, run ``batch_size`` at a time (each padded to its longest item, so 
 padding), and their outputs put back in input order before the next window is read; memory
 stays flat for any input size. With int8 dynamic quantization an item's outputs can move
 slightly with its batch's composition (as they always could).
+
+Texts longer than ``max_length`` are read in windows with ``--long chunk``
+(:meth:`EncoderEngine.chunks`, :mod:`affedge.chunking`), else truncated and flagged.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import numpy as np
 
 from affedge.artifact import HeadSpec, Manifest
 from affedge.calibration import tempered_softmax
+from affedge.chunking import Chunker
 from affedge.encoding import EncoderTokenizer
 from affedge.engines.base import Capability, Engine, LabelResult, ScoreResult
 from affedge.errors import ModelError
@@ -46,7 +50,7 @@ class EncoderEngine(Engine):
     window: int | None = None
 
     capabilities: ClassVar[frozenset[Capability]] = frozenset(
-        {Capability.LABELS, Capability.SCORES, Capability.ALL_HEADS}
+        {Capability.LABELS, Capability.SCORES, Capability.ALL_HEADS, Capability.CHUNKS}
     )
 
     def __init__(self, ref: ModelRef, batch_size: int = 32, window: int | None = None) -> None:
@@ -67,6 +71,7 @@ class EncoderEngine(Engine):
         self.heads: dict[str, HeadSpec] = manifest.heads
         self.temperatures = manifest.calibration
         self._tokenizer = EncoderTokenizer(tokenizer, manifest.max_length)
+        self._chunker: Chunker | None = None
 
     @abstractmethod
     def _forward(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -75,6 +80,15 @@ class EncoderEngine(Engine):
     @property
     def block_size(self) -> int:
         return max(max(1, self.batch_size), self.window or WINDOW_BATCHES * self.batch_size)
+
+    def chunks(self, record: Record) -> Iterator[tuple[Record, int]]:
+        """Windows at sentence boundaries that fit ``max_length`` next to the record's
+        special tokens, aspect and context (:class:`affedge.chunking.Chunker`)."""
+        if self._chunker is None:
+            self._chunker = Chunker(
+                self._tokenizer.tokenizer, self._tokenizer.max_length, self.context_turns
+            )
+        return self._chunker(record)
 
     def _batches(self, records: Iterable[Record]) -> Iterator[tuple[list[bool], dict]]:
         """Per window of records, in input order: which items were truncated, and every

@@ -7,7 +7,10 @@ shared with every decoder backend: engines/decoder.py):
 * the task's *head* (system message, instruction, options: everything before the item) is
   evaluated once and its KV cache kept; each item then evaluates only its own tokens;
 * labels whose first token is enough are read from the one forward pass of the item, longer
-  ones cost one short extra decode each.
+  ones cost one short extra decode each;
+* ``classify`` and ``score`` evaluate ``batch_size`` items per decode, each on its own
+  sequence (engines/gguf_batch.py: same numbers as one at a time, several times faster);
+  ``batch_size=1`` keeps the one-sequence path, which negotiation (:class:`ChatState`) uses.
 
 Decoding goes through llama-cpp-python's ``_ctx``/``_batch`` (its own thin wrappers over
 ``llama_decode`` and the KV memory API) because the high-level ``Llama.eval`` neither keeps
@@ -26,6 +29,8 @@ import numpy as np
 from affedge.artifact import GGUF_MAGIC
 from affedge.engines.base import Capability, LabelResult
 from affedge.engines.decoder import DecoderEngine, label_result, log_softmax
+from affedge.engines.gguf_adapter import check_adapter, llama_files
+from affedge.engines.gguf_batch import DEFAULT_SEQ_CELLS, BatchScorer, fits
 from affedge.errors import ModelError
 from affedge.models import ModelRef
 from affedge.prompts import ChatTemplate, ItemPrompt, Messages
@@ -33,6 +38,9 @@ from affedge.prompts import ChatTemplate, ItemPrompt, Messages
 DEFAULT_N_CTX = 2048
 #: Tokens a negotiation keeps free after the item for its deductions, verdicts and turns.
 CHAT_RESERVE = 512
+#: Records ``classify``/``score`` take at once: sorted by length inside this window, they
+#: fill the batched decodes with few fillers (results come back in input order).
+DEFAULT_BATCH_SIZE = 64
 
 
 class GGUFEngine(DecoderEngine):
@@ -46,17 +54,25 @@ class GGUFEngine(DecoderEngine):
         threads: int | None = None,
         n_ctx: int = DEFAULT_N_CTX,
         context_turns: int | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        seq_cells: int = DEFAULT_SEQ_CELLS,
     ) -> None:
+        from jinja2 import TemplateError
         from llama_cpp import Llama
 
         _check_gguf_file(ref)
         self.name = ref.name
+        if ref.manifest is not None:  # an exported or adapter artifact: its temperatures
+            self.temperatures = ref.manifest.calibration
         self.path = ref.path
         self.threads = threads or os.cpu_count() or 1
         self.context_turns = context_turns
+        self.batch_size = max(1, batch_size)
+        self.seq_cells = seq_cells
+        self._batcher: BatchScorer | None = None  # created on the first batch
         try:
             self._llm = Llama(
-                model_path=str(ref.path),
+                **llama_files(ref),  # the GGUF, or an adapter's base + the adapter
                 n_ctx=n_ctx,
                 n_batch=512,
                 n_threads=self.threads,
@@ -70,6 +86,10 @@ class GGUFEngine(DecoderEngine):
                 f"{ref.path}: llama.cpp cannot load this GGUF model (truncated or corrupt "
                 f"file, or an unsupported architecture): {exc}"
             ) from None
+        except TemplateError as exc:  # llama-cpp-python compiles the file's chat templates
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ModelError(f"{ref.path}: its chat template does not compile: {first}") from None
+        check_adapter(self._llm)
         self.n_ctx = self._llm.n_ctx()
         self.n_vocab = self._llm.n_vocab()
         self.tokenizer = LlamaCppTokenizer(self._llm)
@@ -125,6 +145,18 @@ class GGUFEngine(DecoderEngine):
         end = start + len(prompt.item)
         return self._continuations(first, prompt.answers, prompt.first_only, end)
 
+    def _answer_logprobs_many(self, prompts: Sequence[ItemPrompt]) -> list[np.ndarray]:
+        """Prompts that fit a batch sequence go through :class:`BatchScorer` (same numbers as
+        :meth:`_answer_logprobs`), longer ones one at a time."""
+        batched = [i for i, p in enumerate(prompts) if fits(p, self.seq_cells)]
+        if self.batch_size <= 1 or not batched:
+            return [self._answer_logprobs(p) for p in prompts]
+        if self._batcher is None:
+            self._batcher = BatchScorer(self._llm, seq_cells=self.seq_cells, name=str(self.path))
+        scored = self._batcher.answer_logprobs([prompts[i] for i in batched])
+        out = dict(zip(batched, scored, strict=True))
+        return [out[i] if i in out else self._answer_logprobs(p) for i, p in enumerate(prompts)]
+
     def _continuations(
         self, first: np.ndarray, answers: list[list[int]], first_only: bool, pos: int
     ) -> np.ndarray:
@@ -168,6 +200,10 @@ class GGUFEngine(DecoderEngine):
         return ChatState(self, len(head) + len(item), logits, truncated)
 
     def close(self) -> None:
+        batcher = getattr(self, "_batcher", None)
+        if batcher is not None:
+            batcher.close()
+            self._batcher = None
         llm = getattr(self, "_llm", None)
         if llm is not None:
             llm.close()

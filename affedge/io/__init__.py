@@ -23,6 +23,7 @@ from affedge.io.partial import (
 )
 from affedge.io.reader import (
     INPUT_FORMATS,
+    MAX_CHUNKED_ITEM_CHARS,
     MAX_ITEM_CHARS,
     InputReader,
     InputStats,
@@ -32,6 +33,7 @@ from affedge.io.reader import (
 
 __all__ = [
     "INPUT_FORMATS",
+    "MAX_CHUNKED_ITEM_CHARS",
     "MAX_ITEM_CHARS",
     "OUTPUT_FORMATS",
     "PARTIAL_SUFFIX",

@@ -72,7 +72,7 @@ def write_table(rows: Sequence[dict[str, Any]], stream: IO[str]) -> None:
             parts = [
                 v["label"] if isinstance(v, dict) else f"{k} {v:.2f}"
                 for k, v in row.items()
-                if k not in ("id", "text", "task", "model", "truncated")
+                if k not in ("id", "text", "task", "model", "chunks", "truncated")
             ]
             result, p = ", ".join(parts), ""
         table.add_row(str(row["id"]), row["text"], row["task"], result, p)

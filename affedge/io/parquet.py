@@ -49,6 +49,8 @@ def parquet_rows(
 ) -> Iterator[tuple[int, str, dict[str, Any]]]:
     """``(row number, where, fields)`` for every row of a Parquet file (or its bytes, from
     stdin); ``where`` is ``"NAME: row N (row group G)"`` for error messages."""
+    from affedge.io.reader import _names  # reader imports this module lazily
+
     pa, pq = require_pyarrow()
     try:
         parquet = pq.ParquetFile(pa.BufferReader(source) if isinstance(source, bytes) else source)
@@ -58,8 +60,7 @@ def parquet_rows(
         raise InputError(f"{name}: not a readable Parquet file ({_reason(exc)})") from None
     if text_field not in columns:
         raise InputError(
-            f"{name}: no column {text_field!r} (columns: {', '.join(columns)}); "
-            "pass --text-field NAME"
+            f"{name}: no column {text_field!r} (columns: {_names(columns)}); pass --text-field NAME"
         )
     wanted = [text_field, *(c for c in OPTIONAL_COLUMNS if c in columns and c != text_field)]
     number = 0

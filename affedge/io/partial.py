@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -77,6 +78,7 @@ def partial_lock(part: Path, fresh: bool) -> Iterator[None]:
         held = True
         if not fresh:
             _drop_torn_header(fd)
+            _remove_stale_temporaries(part)
         yield
     finally:
         # A run that stopped before its header (bad model, refused task) leaves nothing; a
@@ -94,6 +96,17 @@ def _drop_torn_header(fd: int) -> None:
     data = os.pread(fd, size, 0) if 0 < size <= _MAX_HEADER_BYTES else b"\n"
     if b"\n" not in data and (data.startswith(_HEADER_START) or _HEADER_START.startswith(data)):
         os.ftruncate(fd, 0)
+
+
+def _remove_stale_temporaries(part: Path) -> None:
+    """Temporary outputs (atomic_write's ``.OUTPUT.xxxxxxxx.tmp``) of runs killed while
+    writing OUTPUT: with the lock held, no other run is writing them."""
+    output = part.name.removesuffix(PARTIAL_SUFFIX)
+    mkstemp_name = re.compile(rf"\.{re.escape(output)}\.[a-z0-9_]{{8}}\.tmp")
+    for path in part.parent.glob(f".{output}.*.tmp"):
+        if mkstemp_name.fullmatch(path.name):
+            with suppress(OSError):
+                path.unlink()
 
 
 @contextmanager

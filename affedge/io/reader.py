@@ -25,6 +25,9 @@ INPUT_FORMATS = ("txt", "csv", "tsv", "jsonl", "parquet")
 # Items longer than this are cut here before tokenizing (engines then cut to the context
 # window); a multi-megabyte "line" is almost always a file read with the wrong format.
 MAX_ITEM_CHARS = 200_000
+# The cut when long texts are read whole in windows (``--long chunk``): a book-length item
+# (about 2M tokens, a few minutes of an encoder) still runs, in memory bounded by the item.
+MAX_CHUNKED_ITEM_CHARS = 8_000_000
 _LINE_END = re.compile(r"\r\n|\r|\n")
 csv.field_size_limit(2**30)
 
@@ -62,7 +65,8 @@ class InputReader:
     """Re-iterable stream of :class:`Record` from one input file (or stdin, read once).
 
     ``Record.id`` is the item's 1-based line number (``.txt``/``.jsonl``) or data-row number
-    (``.csv``/``.tsv``); ``stats`` describes the last complete pass.
+    (``.csv``/``.tsv``); ``stats`` describes the last complete pass. Texts are cut at
+    ``max_chars`` characters (counted in ``stats.clipped``).
     """
 
     def __init__(
@@ -71,8 +75,10 @@ class InputReader:
         fmt: str | None = None,
         text_field: str | None = None,
         encoding: str = "utf-8",
+        max_chars: int = MAX_ITEM_CHARS,
     ) -> None:
         self.path = path
+        self.max_chars = max_chars
         self.format = _input_format(path, fmt)
         self.text_field = text_field or "text"
         self.encoding = encoding
@@ -133,9 +139,9 @@ class InputReader:
         )
 
     def _clip(self, text: str) -> str:
-        if len(text) > MAX_ITEM_CHARS:
+        if len(text) > self.max_chars:
             self.stats.clipped += 1
-            return text[:MAX_ITEM_CHARS]
+            return text[: self.max_chars]
         return text
 
     def __iter__(self) -> Iterator[Record]:

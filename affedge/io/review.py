@@ -40,11 +40,12 @@ from typing import IO, Any
 
 #: Row fields that describe the item or the run rather than a head's prediction.
 _ROW_FIELDS = frozenset(
-    {"id", "text", "task", "model", "truncated", "label", "probs", "score", "rounds",
+    {"id", "text", "task", "model", "chunks", "truncated", "label", "probs", "score", "rounds",
      "consensus", "fallback", "trace"}
 )  # fmt: skip
-#: Row fields worth keeping next to a pre-annotation (negotiation's outcome, a cut item).
-_NOTES = ("truncated", "rounds", "consensus", "fallback")
+#: Row fields worth keeping next to a pre-annotation (negotiation's outcome, a cut item, a
+#: long one read in windows).
+_NOTES = ("chunks", "truncated", "rounds", "consensus", "fallback")
 
 
 @dataclass(frozen=True)
