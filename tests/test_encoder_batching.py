@@ -13,6 +13,20 @@ from affedge.records import Record
 from affedge.tasks import get_task
 
 NAME = "minilm-affect-int8"
+WORDS = [
+    "good",
+    "bad",
+    "film",
+    "plot",
+    "actor",
+    "awful",
+    "great",
+    "boring",
+    "lovely",
+    "dull",
+    "scene",
+    "music",
+]
 
 
 class PaddingFreeEncoder(EncoderEngine):
@@ -41,24 +55,10 @@ class PaddingFreeEncoder(EncoderEngine):
 def _mix(n: int, seed: int = 0) -> list[Record]:
     """Short and long texts (some beyond the 128-token limit), shuffled."""
     rng = random.Random(seed)
-    words = [
-        "good",
-        "bad",
-        "film",
-        "plot",
-        "actor",
-        "awful",
-        "great",
-        "boring",
-        "lovely",
-        "dull",
-        "scene",
-        "music",
-    ]
     records = []
     for i in range(n):
         size = rng.choice([1, 3, 8, 20, 60, 150, 300])
-        records.append(Record(id=str(i), text=" ".join(rng.choices(words, k=size))))
+        records.append(Record(id=str(i), text=" ".join(rng.choices(WORDS, k=size))))
     rng.shuffle(records)
     return records
 
@@ -176,21 +176,7 @@ def test_a_resumed_int8_run_writes_what_an_uninterrupted_run_writes(tmp_path, st
     from affedge.runner import Job, RunInterrupted, annotate_file
 
     rng = random.Random(5)
-    words = [
-        "good",
-        "bad",
-        "film",
-        "plot",
-        "actor",
-        "awful",
-        "great",
-        "boring",
-        "lovely",
-        "dull",
-        "scene",
-        "music",
-    ]
-    lines = [" ".join(rng.choices(words, k=rng.choice([2, 5, 9, 17, 40]))) for _ in range(600)]
+    lines = [" ".join(rng.choices(WORDS, k=rng.choice([2, 5, 9, 17, 40]))) for _ in range(600)]
     src = tmp_path / "in.txt"
     src.write_text("\n".join(lines) + "\n")
     job = Job("classify", "sentiment")
