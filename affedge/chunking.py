@@ -164,17 +164,25 @@ class Chunker:
     ``max_length`` and the context turns it pairs with each text."""
 
     def __init__(self, tokenizer: Any, max_length: int, context_turns: int) -> None:
-        from tokenizers import Tokenizer
-
-        self._tokenizer = Tokenizer.from_str(tokenizer.to_str())
-        self._tokenizer.no_truncation()
-        self._tokenizer.no_padding()
+        self._source = tokenizer
+        self._copy: Any = None  # made on first use: most short texts never need it
         self.max_length, self.context_turns = max_length, context_turns
-        self._single = self._tokenizer.num_special_tokens_to_add(False)
-        self._pair = self._tokenizer.num_special_tokens_to_add(True)
+        self._single = tokenizer.num_special_tokens_to_add(False)
+        self._pair = tokenizer.num_special_tokens_to_add(True)
         # WordPiece gives every token at least one character of the text; for ASCII (no case
         # mapping that changes lengths) a text of n characters has at most n tokens.
-        self._chars_bound = type(self._tokenizer.model).__name__ == "WordPiece"
+        self._chars_bound = type(tokenizer.model).__name__ == "WordPiece"
+
+    @property
+    def _tokenizer(self) -> Any:
+        """A copy of the encoder's tokenizer that neither truncates nor pads."""
+        if self._copy is None:
+            from tokenizers import Tokenizer
+
+            self._copy = Tokenizer.from_str(self._source.to_str())
+            self._copy.no_truncation()
+            self._copy.no_padding()
+        return self._copy
 
     def spans(self, texts: list[str]) -> list[list[tuple[int, int]]]:
         encodings = self._tokenizer.encode_batch(texts, add_special_tokens=False)

@@ -38,25 +38,22 @@ class EncoderTokenizer:
     def __init__(self, path: str | Path, max_length: int) -> None:
         from tokenizers import Tokenizer
 
+        #: Truncating, not padding: :meth:`pad` pads batches (one tokenizer, parsed once; a
+        #: second copy cost a cold start ~15 ms).
         self.tokenizer = Tokenizer.from_file(str(path))
         self.max_length = max_length
         self.tokenizer.enable_truncation(max_length, strategy="longest_first")
+        self.tokenizer.no_padding()
         pad_id = self.tokenizer.token_to_id("[PAD]")
-        self.tokenizer.enable_padding(pad_id=pad_id if pad_id is not None else 0)
-        #: A copy without padding, made on first use by :meth:`encode_unpadded`.
-        self._unpadded: Any = None
+        self.pad_id = pad_id if pad_id is not None else 0
+        self.pad_type_id = 0
 
     def encode(
         self, records: Sequence[Record], context_turns: int = ENCODER_CONTEXT_TURNS
     ) -> tuple[dict[str, np.ndarray], list[bool]]:
         """Model inputs (int64, padded to the longest) and whether each item was truncated."""
-        encodings = self.tokenizer.encode_batch([text_pair(r, context_turns) for r in records])
-        inputs = {
-            "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
-            "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
-            "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64),
-        }
-        return inputs, [bool(e.overflowing) for e in encodings]
+        encodings, truncated = self.encode_unpadded(records, context_turns)
+        return self.pad(encodings), truncated
 
     def __call__(
         self, records: Sequence[Record], context_turns: int = ENCODER_CONTEXT_TURNS
@@ -69,22 +66,16 @@ class EncoderTokenizer:
     ) -> tuple[list[Any], list[bool]]:
         """Each record's truncated encoding without padding (``len(e.ids)`` is its token
         length) and whether it was truncated; :meth:`pad` batches any subset of them."""
-        if self._unpadded is None:
-            from tokenizers import Tokenizer
-
-            self._unpadded = Tokenizer.from_str(self.tokenizer.to_str())
-            self._unpadded.no_padding()
-        encodings = self._unpadded.encode_batch([text_pair(r, context_turns) for r in records])
+        encodings = self.tokenizer.encode_batch([text_pair(r, context_turns) for r in records])
         return encodings, [bool(e.overflowing) for e in encodings]
 
     def pad(self, encodings: Sequence[Any]) -> dict[str, np.ndarray]:
         """Model inputs of :meth:`encode_unpadded` encodings, right-padded to the longest of
         them: what :meth:`encode` gives for the same records."""
         width = max((len(e.ids) for e in encodings), default=0)
-        padding = self.tokenizer.padding or {}
-        ids = np.full((len(encodings), width), padding.get("pad_id", 0), dtype=np.int64)
+        ids = np.full((len(encodings), width), self.pad_id, dtype=np.int64)
         mask = np.zeros((len(encodings), width), dtype=np.int64)
-        types = np.full((len(encodings), width), padding.get("pad_type_id", 0), dtype=np.int64)
+        types = np.full((len(encodings), width), self.pad_type_id, dtype=np.int64)
         for row, e in enumerate(encodings):
             n = len(e.ids)
             ids[row, :n] = e.ids

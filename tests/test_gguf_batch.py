@@ -6,6 +6,7 @@ Real llama.cpp on the real SmolLM2 file (no stand-ins), one thread, a few dozen 
 
 from __future__ import annotations
 
+import os
 import random
 
 import numpy as np
@@ -147,28 +148,53 @@ def test_items_too_long_for_a_batch_sequence_are_scored_one_at_a_time(smollm2_pa
 # ------------------------------------------------------------------ fast base quant
 
 
-def test_fast_base_is_built_once_checksummed_and_rebuilt_when_damaged(
+def test_fast_base_is_built_once_stamped_and_rebuilt_when_damaged(
     tmp_path, monkeypatch, smollm2_path
 ):
+    import json
+
     from affedge import gguf_base
 
     monkeypatch.setenv(gguf_base.CACHE_ENV, str(tmp_path))
     monkeypatch.delenv(gguf_base.QUANT_ENV, raising=False)
-    monkeypatch.setattr(gguf_base, "_verified", set())
     path = gguf_base.fast_base(smollm2_path)
     assert path.parent == tmp_path / "gguf-base" and path != smollm2_path
     assert gguf_base.FAST_BASE_QUANT.upper() in path.name
-    digest, name = path.with_name(path.name + ".sha256").read_text().split()
-    assert name == path.name and digest == gguf_base.sha256_file(path)
+    stamp = json.loads(gguf_base.stamp_file(path).read_text())
+    digest = gguf_base.sha256_file(path)
+    assert stamp == {
+        "file": path.name,
+        "size": path.stat().st_size,
+        "mtime_ns": path.stat().st_mtime_ns,
+        "sha256": digest,
+    }
     built = path.stat().st_mtime_ns
+    hashed: list[Path] = []
+    sha256_file = gguf_base.sha256_file
+    monkeypatch.setattr(gguf_base, "sha256_file", lambda p: hashed.append(p) or sha256_file(p))
     assert gguf_base.fast_base(smollm2_path) == path and path.stat().st_mtime_ns == built
+    assert hashed == []  # an intact stamp: a stat, no hashing
+
+    os.utime(path, ns=(built + 10**9, built + 10**9))  # touched: same bytes, re-stamped
+    assert gguf_base.fast_base(smollm2_path) == path and hashed == [path]
+    assert json.loads(gguf_base.stamp_file(path).read_text())["mtime_ns"] == built + 10**9
 
     data = bytearray(path.read_bytes())  # corrupt one byte in the middle, same size
     data[len(data) // 2] ^= 0xFF
     path.write_bytes(bytes(data))
-    gguf_base._verified.clear()  # a new process
     assert gguf_base.fast_base(smollm2_path) == path
-    assert gguf_base.sha256_file(path) == digest  # rebuilt, identical bytes
+    assert sha256_file(path) == digest  # rebuilt, identical bytes
+
+    gguf_base.stamp_file(path).unlink()  # no stamp (nor a legacy .sha256): rebuilt
+    before = path.stat().st_ino
+    assert gguf_base.fast_base(smollm2_path) == path and path.stat().st_ino != before
+    assert gguf_base.stamp_file(path).is_file()
+
+    gguf_base.stamp_file(path).unlink()  # a cache from before stamps: hashed once, stamped
+    path.with_name(path.name + ".sha256").write_text(f"{digest}  {path.name}\n")
+    before = path.stat().st_ino
+    assert gguf_base.fast_base(smollm2_path) == path and path.stat().st_ino == before
+    assert json.loads(gguf_base.stamp_file(path).read_text())["sha256"] == digest
 
     path.unlink()
     assert gguf_base.fast_base(smollm2_path) == path and path.is_file()
