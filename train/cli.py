@@ -21,6 +21,8 @@ from __future__ import annotations
 import importlib
 import inspect
 import json
+import os
+import sys
 import types
 from collections.abc import Callable, Mapping
 from dataclasses import MISSING, Field, fields
@@ -47,6 +49,16 @@ CONFIG_META = "affedge.train.config"
 
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Model folder to write.")]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue an interrupted run.")]
+ProcessesOpt = Annotated[
+    int,
+    typer.Option(
+        "--processes",
+        min=1,
+        help="Data-parallel processes: re-runs the command through accelerate's launcher "
+        "(one process per GPU; gloo on the CPU). Same as `accelerate launch --multi_gpu "
+        "--num_processes N -m affedge.cli train ...`.",
+    ),
+]
 
 
 # ------------------------------------------------------------------ config -> options
@@ -205,7 +217,29 @@ def start_run(
     return data_root(data_dir)
 
 
+def relaunched(processes: int) -> bool:
+    """Re-run this command in ``processes`` data-parallel processes through accelerate's
+    launcher (train/distributed.py) and say so; False when there is nothing to do (one
+    process, or already a process of a launched run)."""
+    if processes <= 1 or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return False
+    require_extra("accelerate", "train")
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    from affedge.train.distributed import launch, without_option
+
+    try:
+        launch(processes, without_option(sys.argv[1:], "--processes"))
+    except ChildFailedError:
+        raise AffedgeError(
+            f"the {processes}-process run failed: see its processes' errors above"
+        ) from None
+    return True
+
+
 def _print_summary(out: Path, manifest: dict[str, Any], *extra: str) -> None:
+    if not manifest:  # not the main process of a data-parallel run: it prints nothing
+        return
     summary = {"out": str(out), "validation": manifest["validation"]}
     print(json.dumps({**summary, **{key: manifest[key] for key in extra}}, indent=2))
 
@@ -244,8 +278,11 @@ def encoder(
     ] = None,
     data_dir: DataDirOpt = None,
     threads: ThreadsOpt = None,
+    processes: ProcessesOpt = 1,
 ) -> None:
     """Train the multi-task encoder (sentiment, emotion, sarcasm, valence, intensity heads)."""
+    if relaunched(processes):
+        return
     cfg = recipe_config(ctx)
     root = start_run(cfg.seed, threads, data_dir=data_dir)
     from affedge.train.encoder import default_base, train_encoder
@@ -264,8 +301,12 @@ def _llm_run(ctx: typer.Context) -> Any:
 
 
 @app.command("progressive", cls=recipe("affedge.train.progressive:ProgressiveConfig"))
-def progressive(ctx: typer.Context, out: OutOpt, resume: ResumeOpt = False) -> None:
+def progressive(
+    ctx: typer.Context, out: OutOpt, resume: ResumeOpt = False, processes: ProcessesOpt = 1
+) -> None:
     """Progressive chain-of-LoRA tuning of a decoder LLM: SA -> ERC -> SD (GSA)."""
+    if relaunched(processes):
+        return
     from affedge.train.progressive import train_progressive
 
     manifest = train_progressive(_llm_run(ctx), out, resume=resume, log=stderr)
@@ -273,8 +314,12 @@ def progressive(ctx: typer.Context, out: OutOpt, resume: ResumeOpt = False) -> N
 
 
 @app.command("multitask", cls=recipe("affedge.train.multitask:MultitaskConfig"))
-def multitask(ctx: typer.Context, out: OutOpt, resume: ResumeOpt = False) -> None:
+def multitask(
+    ctx: typer.Context, out: OutOpt, resume: ResumeOpt = False, processes: ProcessesOpt = 1
+) -> None:
     """Multi-task instruction tuning: classification + intensity (+ MT-ISA auxiliaries)."""
+    if relaunched(processes):
+        return
     from affedge.train.multitask import train_multitask
 
     _print_summary(out, train_multitask(_llm_run(ctx), out, resume=resume, log=stderr))

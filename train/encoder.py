@@ -21,6 +21,10 @@ optimizer, T-AWL weights, RNG states and the sampler's shuffle orders; ``state.j
 scheduler, Python RNG, history, the recipe); ``resume=True`` continues from it exactly (the
 same final weights as an uninterrupted run on the same device). No pickle is involved.
 
+Launched data-parallel (``accelerate launch``, ``--processes N``; train/distributed.py), every
+process draws the same global batch and trains on its slice, the gradients are summed each
+step, and the main process alone logs, checkpoints, validates and saves.
+
 The output folder holds ``model.safetensors``, ``tokenizer.json``, the encoder's
 ``config.json`` and ``affedge.json`` (written through affedge.artifact: base, heads and
 labels, data files and hashes, hyper-parameters, validation metrics, seed), which
@@ -34,6 +38,7 @@ import math
 import random
 import shutil
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -57,6 +62,7 @@ from affedge.train.checkpoint import (
     set_rng_state,
     write_checkpoint,
 )
+from affedge.train.distributed import TOKENS
 from affedge.train.encoder_data import Example, build_examples, data_fingerprint
 from affedge.train.encoder_model import (
     MANIFEST,
@@ -267,9 +273,16 @@ def _step_loss(
     inputs: dict[str, torch.Tensor],
     cfg: EncoderConfig,
     device: torch.device,
+    whole: Sequence[Example] | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The T-AWL combination of every head's loss on its rows of a mixed batch, and each
-    head's raw (unweighted) mean loss for the log."""
+    head's raw (unweighted) mean loss for the log.
+
+    With ``whole`` (the global batch ``batch`` is a slice of, train/distributed.py): this
+    slice's contribution to both. A head's share is its rows over the global batch size, and
+    the combination is linear in each head's mean (T-AWL and D-AWL included), so the slices'
+    losses add up to the global one; the raw losses are the slice's sums over each head's
+    global count, for every head of the global batch."""
     chunk = cfg.pad_chunk if device.type == "cpu" else 0
     with autocast(device):
         pooled = model.pooled(**inputs, chunk=chunk)
@@ -292,8 +305,15 @@ def _step_loss(
             losses[head] = data_weighted(per_example, model.confidence[head](features).squeeze(-1))
         else:
             losses[head] = per_example.mean()
-        raw[head] = float(per_example.detach().mean())
-    shares = {h: len(idx) / len(batch) for h, idx in rows.items()}
+        if whole is None:
+            raw[head] = float(per_example.detach().mean())
+        else:
+            raw[head] = float(per_example.detach().sum())
+    if whole is not None:
+        counts = Counter(e.head for e in whole)
+        raw = {h: raw.get(h, 0.0) / n for h, n in counts.items()}
+    size = len(batch) if whole is None else len(whole)
+    shares = {h: len(idx) / size for h, idx in rows.items()}
     return weights.combine(losses, shares), raw
 
 
@@ -451,12 +471,17 @@ def train_encoder(
 ) -> dict[str, Any]:
     """Train, validate and save a multi-task encoder into ``out``; returns the manifest
     (as written to ``affedge.json``)."""
+    from affedge.train.distributed import world
+
     _check(cfg)
+    dist = world()
+    dist.check_batch(cfg.batch_size)
+    log = dist.main_log(log)
     out = Path(out)
     checkpoint = out / CHECKPOINT
     if not cfg.resume and (has_manifest(out) or checkpoint.exists()):
         raise AffedgeError(f"{out} holds an earlier run: pass --resume or another --out")
-    device = resolve_device(cfg.device)
+    device = dist.device(resolve_device(cfg.device))
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
@@ -506,15 +531,29 @@ def train_encoder(
         "heads mixed: "
         + ", ".join(f"{h} {p:.2f}" for h, p in zip(sampler.heads, sampler.head_p, strict=True))
     )
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    dist.broadcast_parameters(params)
     model.train()
     while progress.step < cfg.steps:
         started = time.perf_counter()
+        dist.seed_step(cfg.seed, progress.step)
         batch = sampler.batch(cfg.batch_size)
-        inputs = _tensors(tokenizer, batch, cfg.context_turns, device)
-        progress.tokens += int(inputs["attention_mask"].sum())
-        loss, raw = _step_loss(model, weights, batch, inputs, cfg, device)
+        if dist.distributed:
+            whole, batch = batch, dist.shard(batch)
+            inputs = _tensors(tokenizer, batch, cfg.context_turns, device)
+            loss, raw = _step_loss(model, weights, batch, inputs, cfg, device, whole)
+        else:
+            inputs = _tensors(tokenizer, batch, cfg.context_turns, device)
+            loss, raw = _step_loss(model, weights, batch, inputs, cfg, device)
+        tokens = int(inputs["attention_mask"].sum())
         optimizer.zero_grad()
         loss.backward()
+        if dist.distributed:
+            dist.sum_gradients(params)
+            summed = dist.sum_values({**raw, TOKENS: tokens})
+            tokens = int(summed.pop(TOKENS))
+            raw = {h: summed[h] for h in raw}  # the global batch's order of heads
+        progress.tokens += tokens
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         scheduler.step()
@@ -536,13 +575,29 @@ def train_encoder(
             progress.running = {}
             log(json.dumps(entry))
         if cfg.save_every and (step % cfg.save_every == 0 or step == cfg.steps):
-            _save_checkpoint(
-                checkpoint, cfg, progress, model, weights, optimizer, scheduler, sampler, data_sha
-            )
+            if dist.main:
+                _save_checkpoint(
+                    checkpoint,
+                    cfg,
+                    progress,
+                    model,
+                    weights,
+                    optimizer,
+                    scheduler,
+                    sampler,
+                    data_sha,
+                )
+            dist.barrier()
             log(f"checkpoint: step {step}/{cfg.steps} -> {checkpoint}")
+    dist.check_replicas(params, "encoder")
+    if not dist.main:  # the main process validates and saves
+        dist.barrier()
+        return {}
     metrics = validate(model, tokenizer, val_sources, cfg)
     log(f"validation: {json.dumps(metrics)}")
-    return save(model, base, out, cfg, metrics, data, progress, device)
+    manifest = save(model, base, out, cfg, metrics, data, progress, device)
+    dist.barrier()
+    return manifest
 
 
 def save(

@@ -52,8 +52,11 @@ class Interrupted(AffedgeError):
 
 
 def pick_device(require_gpu: bool = False) -> torch.device:
+    """CUDA when visible (``cuda:LOCAL_RANK`` in a data-parallel run), else the CPU."""
     if torch.cuda.is_available():
-        return torch.device("cuda", 0)
+        from affedge.train.distributed import world
+
+        return world().device(torch.device("cuda", 0))
     if require_gpu:
         raise AffedgeError("--require-gpu given but no CUDA GPU is visible to torch")
     return torch.device("cpu")
@@ -297,7 +300,10 @@ def load_checkpoint(
     return meta["step"]
 
 
-LossFn = Callable[[Any, dict[str, Any], list[SFTExample]], tuple[torch.Tensor, dict[str, float]]]
+#: ``loss_fn(model, batch, examples)``; in a data-parallel run it is also given the global
+#: batch (``whole=``) and returns this slice's contribution to the global loss and logs
+#: (train/distributed.py).
+LossFn = Callable[..., tuple[torch.Tensor, dict[str, float]]]
 BatchFn = Callable[[int, int], list[SFTExample]]
 
 
@@ -321,13 +327,29 @@ def answer_logits(
     return logits.float(), targets[rows, cols], rows, hidden
 
 
+def answer_tokens(examples: Sequence[SFTExample]) -> int:
+    """How many answer tokens the loss of ``examples`` averages over (as in :func:`answer_logits`:
+    the labels after the first position that are not -100)."""
+    return sum(sum(1 for t in ex.labels[1:] if t != IGNORE) for ex in examples)
+
+
 def causal_lm_loss(
-    model: Any, batch: dict[str, Any], examples: list[SFTExample]
+    model: Any,
+    batch: dict[str, Any],
+    examples: list[SFTExample],
+    whole: Sequence[SFTExample] | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Mean cross-entropy over the answer tokens (labels != -100) of the batch (the same
-    value as the HF model's own ``loss``, computed on the answer positions only)."""
+    value as the HF model's own ``loss``, computed on the answer positions only).
+
+    With ``whole`` (the global batch ``examples`` is a slice of, train/distributed.py): this
+    slice's share of the global mean, its token sum over the global batch's answer tokens."""
     logits, targets, _, _ = answer_logits(model, batch)
-    loss = torch.nn.functional.cross_entropy(logits, targets)
+    if whole is None:
+        loss = torch.nn.functional.cross_entropy(logits, targets)
+    else:
+        total = torch.nn.functional.cross_entropy(logits, targets, reduction="sum")
+        loss = total / answer_tokens(whole)
     return loss, {"loss": float(loss.detach())}
 
 
@@ -353,10 +375,19 @@ def train_loop(
     ``next_batch(step, micro)`` returns the examples of one micro-batch; ``extra_lr`` sets
     the learning rate of other modules (T-AWL, D-AWL heads). ``stop_after`` ends the run
     with :class:`Interrupted` after that many steps (what a kill after a checkpoint leaves).
+
+    Launched data-parallel (train/distributed.py), each process trains on its slice of every
+    micro-batch, the gradients are summed once per step, and only the main process logs and
+    writes checkpoints.
     """
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
+    from affedge.train.distributed import TOKENS, world
+
+    dist = world()
+    dist.check_batch(settings.batch_size)
+    log = dist.main_log(log)
     model = modules["model"]
     groups = []
     for name, module in modules.items():
@@ -373,6 +404,8 @@ def train_loop(
     else:
         random.seed(settings.seed)
         torch.manual_seed(settings.seed)
+    params = [p for g in opt.param_groups for p in g["params"]]
+    dist.broadcast_parameters(params)
     model.train()
     console = Console(stderr=True)
     with Progress(
@@ -381,7 +414,7 @@ def train_loop(
         TextColumn("{task.completed}/{task.total} loss {task.fields[loss]:.4f}"),
         TimeRemainingColumn(),
         console=console,
-        disable=not console.is_terminal,
+        disable=not console.is_terminal or not dist.main,
     ) as progress:
         bar = progress.add_task(label, total=settings.steps, completed=step, loss=float("nan"))
         while step < settings.steps:
@@ -390,15 +423,26 @@ def train_loop(
             for g in opt.param_groups:
                 g["lr"] = g["base_lr"] * factor
             logs: dict[str, float] = {}
+            tokens = 0
+            dist.seed_step(settings.seed, step)
             for micro in range(settings.grad_accum):
                 examples = next_batch(step, micro)
-                batch = {k: v.to(device) for k, v in collate(examples, pad_id).items()}
-                loss, parts = loss_fn(model, batch, examples)
+                if dist.distributed:
+                    whole, examples = examples, dist.shard(examples)
+                    batch = {k: v.to(device) for k, v in collate(examples, pad_id).items()}
+                    loss, parts = loss_fn(model, batch, examples, whole=whole)
+                else:
+                    batch = {k: v.to(device) for k, v in collate(examples, pad_id).items()}
+                    loss, parts = loss_fn(model, batch, examples)
                 (loss / settings.grad_accum).backward()
-                result.tokens += int(batch["attention_mask"].sum())
+                tokens += int(batch["attention_mask"].sum())
                 for k, v in parts.items():
                     logs[k] = logs.get(k, 0.0) + v / settings.grad_accum
-            params = [p for g in opt.param_groups for p in g["params"]]
+            if dist.distributed:
+                dist.sum_gradients(params)
+                logs = dist.sum_values({**logs, TOKENS: tokens})
+                tokens = int(logs.pop(TOKENS))
+            result.tokens += tokens
             torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
             opt.step()
             opt.zero_grad(set_to_none=True)
@@ -417,9 +461,12 @@ def train_loop(
                     + f" ({result.tokens / max(result.seconds, 1e-9):.0f} tok/s)"
                 )
             if step % settings.save_every == 0 or step == settings.steps:
-                save_checkpoint(checkpoint, step, modules, opt, result)
+                if dist.main:
+                    save_checkpoint(checkpoint, step, modules, opt, result)
+                dist.barrier()
             if stop_after is not None and step >= stop_after and step < settings.steps:
                 raise Interrupted(f"{label}: stopped after step {step} (resume with --resume)")
+    dist.check_replicas(params, label)
     return result
 
 

@@ -28,6 +28,7 @@ import hashlib
 import json
 import random
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -245,10 +246,21 @@ class Objective(nn.Module):
         return total / count.clamp(min=1)
 
     def combine(
-        self, losses: torch.Tensor, tasks: list[str], hidden: torch.Tensor | None
+        self,
+        losses: torch.Tensor,
+        tasks: list[str],
+        hidden: torch.Tensor | None,
+        everyone: list[str] | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        """Mean over the tasks in the batch of ``T-AWL(task, D-AWL or mean of its losses)``."""
+        """Mean over the tasks in the batch of ``T-AWL(task, D-AWL or mean of its losses)``.
+
+        ``everyone``: the tasks of the global batch ``tasks`` is a slice of (data-parallel
+        runs, train/distributed.py). Each task's term is then scaled by the slice's share of
+        the task's examples and the mean is over the global batch's tasks: T-AWL and D-AWL are
+        linear in the task's mean, so the slices' results add up to the global loss (and the
+        logged task losses to the global ones)."""
         log_var = self.confidence(hidden.float()).squeeze(-1) if self.dawl else None
+        counts = Counter(everyone) if everyone is not None else None
         terms, logs = [], {}
         for task in sorted(set(tasks)):
             idx = torch.tensor([i for i, t in enumerate(tasks) if t == task], device=losses.device)
@@ -257,13 +269,25 @@ class Objective(nn.Module):
                 task_term = data_weighted(losses[idx], log_var[idx])
             else:
                 task_term = task_loss
-            terms.append(self.task_weights(task, task_term))
-            logs[f"loss/{task}"] = float(task_loss.detach())
-        return torch.stack(terms).mean(), logs
+            term = self.task_weights(task, task_term)
+            share = 1.0 if counts is None else len(idx) / counts[task]
+            terms.append(term if counts is None else term * share)
+            logs[f"loss/{task}"] = float(task_loss.detach()) * share
+        if counts is None:
+            return torch.stack(terms).mean(), logs
+        for task in counts:
+            logs.setdefault(f"loss/{task}", 0.0)  # every rank logs the same keys
+        return torch.stack(terms).sum() / len(counts), logs
 
     def loss_fn(
-        self, model: Any, batch: dict[str, Any], examples: list[SFTExample]
+        self,
+        model: Any,
+        batch: dict[str, Any],
+        examples: list[SFTExample],
+        whole: list[SFTExample] | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
+        """The batch's combined loss; with ``whole`` (the global batch), this slice's
+        contribution to it (see :meth:`combine`)."""
         logits, targets, rows, hidden_all = answer_logits(model, batch)
         losses = self.example_losses(logits, targets, rows, len(examples))
         hidden = None
@@ -271,8 +295,12 @@ class Objective(nn.Module):
             # The state that predicts the first answer token stands for the example.
             pos = torch.tensor([ex.answer_start - 1 for ex in examples], device=losses.device)
             hidden = hidden_all[torch.arange(len(examples), device=losses.device), pos]
-        total, logs = self.combine(losses, [ex.task for ex in examples], hidden)
-        logs["loss"] = float(losses.detach().mean())
+        everyone = None if whole is None else [ex.task for ex in whole]
+        total, logs = self.combine(losses, [ex.task for ex in examples], hidden, everyone)
+        if whole is None:
+            logs["loss"] = float(losses.detach().mean())
+        else:
+            logs["loss"] = float(losses.detach().sum()) / len(whole)
         return total, logs
 
 
@@ -301,7 +329,11 @@ def train_multitask(
     log: Callable[[str], None] = print,
     stop_after: int | None = None,
 ) -> dict[str, Any]:
+    from affedge.train.distributed import world
+
     check_config(cfg)
+    dist = world()
+    log = dist.main_log(log)
     teacher_path = resolve_base(cfg.aux_model) if cfg.aux_model else None
     run = start_llm_run(cfg, out, resume=resume, earlier=has_manifest(out), log=log)
     device, quant, base_path = run.device, run.quant, run.base_path
@@ -323,7 +355,6 @@ def train_multitask(
         teacher_file = teacher_path or resolve_base(DEFAULT_BASE)
         if not is_gguf(teacher_file):
             raise AffedgeError(f"--aux-model {teacher_file}: must be a GGUF file (runtime engine)")
-        teacher = AuxTargets(teacher_file, cfg.threads)
         records = [
             r
             for sd in sources
@@ -331,10 +362,13 @@ def train_multitask(
             for r in load_records(sd.source, "train", cfg.limit, cfg.seed, cfg.data_dir)
         ]
         log(f"auxiliary aspect/opinion targets for {len(records)} records from {teacher_file.name}")
-        try:
-            aux = aux_examples(fmt, records, teacher, cfg.max_length)
-        finally:
-            teacher.save()
+        with dist.main_first():  # the main process generates and caches; the others read
+            teacher = AuxTargets(teacher_file, cfg.threads)
+            try:
+                aux = aux_examples(fmt, records, teacher, cfg.max_length)
+            finally:
+                if dist.main:
+                    teacher.save()
         pools.update(aux)
         aux_info = {
             "teacher": str(teacher_file),
@@ -384,6 +418,9 @@ def train_multitask(
     )
     from affedge.train.hf_base import hf_folder
 
+    if not dist.main:  # the main process evaluates and saves
+        dist.barrier()
+        return {}
     save_adapter(out / "adapter", peft_model)  # before merging (which folds it away)
     merged = merge(peft_model, quant, hf_folder(base_path), device)
     validation = {}
@@ -424,4 +461,5 @@ def train_multitask(
     )
     save_model(merged, tokenizer, out, model_dtype_for_save(device))
     manifest.write(out)  # last: a folder with a manifest holds a complete model
+    dist.barrier()
     return manifest.to_dict()
