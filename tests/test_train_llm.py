@@ -301,6 +301,64 @@ def _progressive_cfg(tiny_llama: Path, data_dir: Path, **kw) -> ProgressiveConfi
     return ProgressiveConfig(**{**base, **kw})
 
 
+def _examples_of_lengths(lengths: list[int]):
+    from affedge.train.sft_data import SFTExample
+
+    return [
+        SFTExample(
+            input_ids=[1] * n,
+            labels=[IGNORE] * (n - 1) + [1],
+            task="t",
+            source="s",
+            record_id=str(i),
+        )
+        for i, n in enumerate(lengths)
+    ]
+
+
+def test_bucketed_batches_cover_each_epoch_once_with_little_padding():
+    import random
+
+    from affedge.train.llm_common import sequential_batches
+
+    rng = random.Random(0)
+    examples = _examples_of_lengths([rng.randint(20, 250) for _ in range(640)])
+    bucketed = sequential_batches(examples, 8, 1, 13, "sa", bucket=16)
+    plain = sequential_batches(examples, 8, 1, 13, "sa", bucket=1)
+
+    def padding(next_batch) -> float:
+        real = padded = 0
+        for step in range(80):  # one epoch
+            batch = next_batch(step, 0)
+            real += sum(len(e.input_ids) for e in batch)
+            padded += len(batch) * max(len(e.input_ids) for e in batch)
+        return 1 - real / padded
+
+    for next_batch in (bucketed, plain):
+        seen = [e.record_id for step in range(80) for e in next_batch(step, 0)]
+        assert sorted(seen) == sorted(e.record_id for e in examples)  # every example once
+    assert padding(bucketed) < 0.05 < 0.2 < padding(plain)
+    # A function of the step alone (what makes resume exact), and still a shuffled order.
+    again = sequential_batches(examples, 8, 1, 13, "sa", bucket=16)
+    assert [e.record_id for e in again(37, 0)] == [e.record_id for e in bucketed(37, 0)]
+    firsts = [len(bucketed(step, 0)[0].input_ids) for step in range(16)]
+    assert firsts != sorted(firsts)
+
+
+def test_rehearsal_draws_its_share_evenly_from_earlier_sources():
+    from affedge.train.llm_common import rehearsal
+
+    sst2, tweets = _examples_of_lengths([30] * 500), _examples_of_lengths([40] * 7)
+    drawn = rehearsal(300, [sst2, tweets], 0.25, 13, "erc")
+    assert len(drawn) == 57  # 100 wanted (25% of 400): 50 per source, 7 are all tweets has
+    assert sum(e in tweets for e in drawn) == 7 and len({id(e) for e in drawn}) == 57
+    assert rehearsal(300, [sst2, tweets], 0.0, 13, "erc") == []
+    assert rehearsal(300, [], 0.25, 13, "erc") == []
+    assert [e.record_id for e in rehearsal(300, [sst2], 0.25, 13, "erc")] == [
+        e.record_id for e in rehearsal(300, [sst2], 0.25, 13, "erc")
+    ]
+
+
 def test_progressive_three_stages_end_to_end(tiny_llama, data_dir, tmp_path):
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -336,6 +394,9 @@ def test_progressive_three_stages_end_to_end(tiny_llama, data_dir, tmp_path):
         "emotion/dailydialog",
     }
     assert on_disk["hyperparameters"]["lr"] == {"sa": 1e-2, "erc": 1e-2, "sd": 1e-2}
+    # Rehearsal: later stages mix in earlier stages' examples (25% of their examples).
+    assert [s["replayed"] for s in on_disk["stages"]] == [0, 6, 6]
+    assert on_disk["hyperparameters"]["replay"] == 0.25
     assert on_disk["quantization"] == "none" and on_disk["architecture"] == "llama"
 
     model = AutoModelForCausalLM.from_pretrained(out)

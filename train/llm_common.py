@@ -145,6 +145,13 @@ def prepare_source(fmt: ChatFormat, source: Source, cfg: LLMConfig) -> SourceDat
     )
 
 
+#: Batches sorted by length together: a look-ahead window of this many batches in the
+#: shuffled data order is sorted by token length, cut into batches, and the batches shuffled
+#: again. Padding then costs little (examples range from ~30 to 256 tokens) while an epoch
+#: still sees every example once in a seeded random order; 1 turns bucketing off.
+BUCKET_BATCHES = 32
+
+
 @functools.lru_cache(maxsize=8)
 def epoch_order(n: int, seed: int, key: str, epoch: int) -> list[int]:
     order = list(range(n))
@@ -152,19 +159,65 @@ def epoch_order(n: int, seed: int, key: str, epoch: int) -> list[int]:
     return order
 
 
-def sequential_batches(examples: list[SFTExample], batch: int, accum: int, seed: int, key: str):
-    """``next_batch(step, micro)`` walking seeded per-epoch permutations of ``examples``:
-    the data position is a function of the step, which is what makes resume exact."""
+def sequential_batches(
+    examples: list[SFTExample],
+    batch: int,
+    accum: int,
+    seed: int,
+    key: str,
+    bucket: int = BUCKET_BATCHES,
+) -> Callable[[int, int], list[SFTExample]]:
+    """``next_batch(step, micro)`` walking seeded per-epoch permutations of ``examples``,
+    length-bucketed within windows of ``bucket`` batches (:data:`BUCKET_BATCHES`).
+
+    The data position is a function of the step alone (windows are fixed ranges of global
+    positions, aligned to batches), which is what makes resume exact."""
+    n = len(examples)
+    span = batch * max(1, bucket)
+    lengths = [len(e.input_ids) for e in examples]
+
+    def item(pos: int) -> int:
+        epoch, i = divmod(pos, n)
+        return epoch_order(n, seed, key, epoch)[i]
+
+    @functools.lru_cache(maxsize=4)
+    def window(w: int) -> list[int]:
+        idx = [item(p) for p in range(w * span, (w + 1) * span)]
+        if bucket > 1:
+            idx.sort(key=lambda i: lengths[i])  # stable: ties keep the shuffled order
+            groups = [idx[j : j + batch] for j in range(0, span, batch)]
+            random.Random(f"{seed}:{key}:window:{w}").shuffle(groups)
+            idx = [i for group in groups for i in group]
+        return idx
 
     def next_batch(step: int, micro: int) -> list[SFTExample]:
-        start = (step * accum + micro) * batch
-        out = []
-        for pos in range(start, start + batch):
-            epoch, i = divmod(pos, len(examples))
-            out.append(examples[epoch_order(len(examples), seed, key, epoch)[i]])
-        return out
+        w, offset = divmod((step * accum + micro) * batch, span)
+        return [examples[i] for i in window(w)[offset : offset + batch]]
 
     return next_batch
+
+
+def rehearsal(
+    n_current: int,
+    earlier: list[list[SFTExample]],
+    share: float,
+    seed: int,
+    key: str,
+) -> list[SFTExample]:
+    """Examples of earlier stages mixed into a later stage (rehearsal against forgetting):
+    enough that they make up ``share`` of the stage's examples, drawn evenly from every
+    earlier source (a seeded sample without replacement, capped at what a source has)."""
+    sources = [s for s in earlier if s]
+    if share <= 0 or not sources or n_current == 0:
+        return []
+    want = round(n_current * share / (1.0 - share))
+    rng = random.Random(f"{seed}:{key}:rehearsal")
+    per_source, extra = divmod(want, len(sources))
+    out: list[SFTExample] = []
+    for i, src in enumerate(sources):
+        k = min(len(src), per_source + (1 if i < extra else 0))
+        out.extend(rng.sample(src, k))
+    return out
 
 
 def base_manifest(
