@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from affedge.chunking import read_long, reads_in_chunks
+from affedge.device import DEFAULT_DEVICE
 from affedge.engines import Engine, LabelResult, ScoreResult, open_engine
 from affedge.errors import InputError
 from affedge.io import parse_context
@@ -54,9 +55,17 @@ class Annotator:
     >>> model.classify(["what a lovely day"], task="sentiment")[0].label
     """
 
-    def __init__(self, model: str | ModelRef | None = None, threads: int | None = None) -> None:
+    def __init__(
+        self,
+        model: str | ModelRef | None = None,
+        threads: int | None = None,
+        device: str = DEFAULT_DEVICE,
+        gpu_layers: int | None = None,
+    ) -> None:
         self.ref = resolve_model(model)
-        self.engine: Engine = open_engine(self.ref, threads=threads)
+        self.engine: Engine = open_engine(
+            self.ref, threads=threads, device=device, gpu_layers=gpu_layers
+        )
 
     @property
     def name(self) -> str:
@@ -143,9 +152,16 @@ class Annotator:
         self.close()
 
 
-def load(model: str | None = None, threads: int | None = None) -> Annotator:
-    """Load a model by built-in name or local path (None: the default model)."""
-    return Annotator(model, threads=threads)
+def load(
+    model: str | None = None,
+    threads: int | None = None,
+    device: str = DEFAULT_DEVICE,
+    gpu_layers: int | None = None,
+) -> Annotator:
+    """Load a model by built-in name or local path (None: the default model) on ``device``
+    (``auto``: a GPU when the installed packages can use one, else the CPU; ``cpu``; ``cuda``)
+    with ``gpu_layers`` llama.cpp layers offloaded (GGUF; default all)."""
+    return Annotator(model, threads=threads, device=device, gpu_layers=gpu_layers)
 
 
 __all__ = ["Annotator", "LabelResult", "ScoreResult", "annotate_file", "as_records", "load"]

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from affedge.chunking import check_long, read_long, reads_in_chunks
+from affedge.device import DEFAULT_DEVICE, check_device
 from affedge.engines import Capability, Engine, LabelResult, ScoreResult, open_engine
 from affedge.errors import InputError, ModelError
 from affedge.io import (
@@ -236,14 +237,18 @@ def annotate_file(
     threads: int | None = None,
     on_start: Callable[[int, int], None] | None = None,
     on_row: Callable[[], None] | None = None,
+    device: str = DEFAULT_DEVICE,
+    gpu_layers: int | None = None,
 ) -> RunSummary:
     """Annotate ``input_path`` into ``output`` (or stdout) with ``model``.
 
     Every input problem surfaces before the model loads; ``resume`` continues the
     ``OUTPUT.partial`` of an interrupted identical run. ``on_start(total, done)`` and
-    ``on_row()`` drive a progress display.
+    ``on_row()`` drive a progress display. ``device`` and ``gpu_layers``: where the model
+    runs (affedge/device.py; not part of what ``--resume`` compares).
     """
     job.resolve_task()
+    check_device(device, gpu_layers)
     check_output_format(out_format, to_stdout=output is None)
     if resume and output is None:
         raise InputError("--resume needs --output (a run to stdout cannot be resumed)")
@@ -274,8 +279,9 @@ def annotate_file(
             return RunSummary(ref.name, total, 0, 0, 0, 0.0, 0, 0, output, complete_already=True)
         with partial_lock(part, fresh=not part.exists()):
             return _run(reader, job, ref, header, total, output, out_format, threads, on_start,
-                        on_row)  # fmt: skip
-    return _run(reader, job, ref, header, total, None, out_format, threads, on_start, on_row)
+                        on_row, device, gpu_layers)  # fmt: skip
+    return _run(reader, job, ref, header, total, None, out_format, threads, on_start, on_row,
+                device, gpu_layers)  # fmt: skip
 
 
 def _run(
@@ -289,6 +295,8 @@ def _run(
     threads: int | None,
     on_start: Callable[[int, int], None] | None,
     on_row: Callable[[], None] | None,
+    device: str = DEFAULT_DEVICE,
+    gpu_layers: int | None = None,
 ) -> RunSummary:
     """The run itself, with ``OUTPUT.partial`` held by this process."""
     done_ids: list[int | str] = []
@@ -305,7 +313,7 @@ def _run(
         done_ids = partial.ids
     done = len(done_ids)
 
-    engine = open_engine(ref, threads=threads)
+    engine = open_engine(ref, threads=threads, device=device, gpu_layers=gpu_layers)
     engine.calibrate = job.calibrate
     try:
         job.check_engine(engine)

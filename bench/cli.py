@@ -16,6 +16,8 @@ import typer
 
 from affedge.cli.options import (
     DataDirOpt,
+    DeviceOpt,
+    GpuLayersOpt,
     ModelOpt,
     QuietOpt,
     ThreadsOpt,
@@ -54,6 +56,8 @@ def eval_(
     out: Annotated[
         Path | None, typer.Option(help="--all: folder for JSON, markdown and PNGs.")
     ] = None,
+    device: DeviceOpt = "auto",
+    gpu_layers: GpuLayersOpt = None,
 ) -> None:
     """Evaluate a model on a benchmark (or --all of them); prints the metrics."""
     if all_:
@@ -62,7 +66,10 @@ def eval_(
         from affedge.bench.eval_all import eval_all
 
         log = (lambda m: None) if quiet else stderr
-        result = eval_all(model, limit, out, data_dir, threads, split=split, log=log)
+        result = eval_all(
+            model, limit, out, data_dir, threads, split=split, log=log, device=device,
+            gpu_layers=gpu_layers,
+        )  # fmt: skip
         if out is None:
             print(json.dumps(result, indent=2))
         return
@@ -76,7 +83,10 @@ def eval_(
 
     bench = get_benchmark(task, dataset)
     load_dataset(bench.dataset, split, root=data_dir, limit=1)  # fail fast on data problems
-    with open_engine(model, threads=threads) as engine, progress(quiet) as bar_display:
+    with (
+        open_engine(model, threads=threads, device=device, gpu_layers=gpu_layers) as engine,
+        progress(quiet) as bar_display,
+    ):
         bar = bar_display.add_task(f"{task}/{dataset}", total=limit)
         report = evaluate(
             engine, bench, split, limit, data_dir, on_item=lambda: bar_display.advance(bar)

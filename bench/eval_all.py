@@ -45,9 +45,12 @@ def eval_all(
     peers: Sequence[str] = ("vader", "textblob"),
     split: str = "test",
     log: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True),
+    device: str = "auto",
+    gpu_layers: int | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``model`` (and ``peers``) on every benchmark; write JSON, markdown and PNGs
-    under ``out`` when given. Returns the report dict."""
+    under ``out`` when given. Returns the report dict. ``device``, ``gpu_layers``: where the
+    model runs (affedge/device.py)."""
     from affedge.bench.peers import open_system
     from affedge.engines import open_engine
     from affedge.models import resolve_model
@@ -55,7 +58,7 @@ def eval_all(
     ref = resolve_model(model)
     rows: list[dict[str, Any]] = []
     skipped: list[dict[str, str]] = []
-    with open_engine(ref, threads=threads) as engine:
+    with open_engine(ref, threads=threads, device=device, gpu_layers=gpu_layers) as engine:
         for bench in BENCHMARKS:
             log(f"eval: {ref.name} {bench.name}")
             report, why = _run(engine, bench, split, limit, data_dir)

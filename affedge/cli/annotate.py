@@ -9,8 +9,10 @@ import typer
 
 from affedge.cli.options import (
     CalibrationOpt,
+    DeviceOpt,
     EncodingOpt,
     FormatOpt,
+    GpuLayersOpt,
     InputArg,
     InputFormatOpt,
     LabelsOpt,
@@ -28,6 +30,8 @@ from affedge.cli.options import (
     stderr,
 )
 from affedge.cli.shards import RayAddressOpt, RayOpt, WorkersOpt, run_ray
+from affedge.device import check_device
+from affedge.errors import InputError
 from affedge.negotiate import DEFAULT_MAX_ROUNDS
 from affedge.runner import NEGOTIATE_TASKS, Job, RunInterrupted, RunSummary, annotate_file
 from affedge.tasks import CLASSIFY_TASKS, SCORE_TASKS
@@ -47,6 +51,8 @@ def run(
     resume: bool,
     threads: int | None,
     quiet: bool,
+    device: str = "auto",
+    gpu_layers: int | None = None,
 ) -> None:
     """Run ``job`` over a file with a progress bar and a one-line summary on stderr."""
     with progress(quiet) as bar_display:
@@ -59,6 +65,7 @@ def run(
             summary = annotate_file(
                 input_path, job, model, output, output_format(fmt, output), text_field,
                 input_format, encoding, resume, threads, on_start, lambda: bar_display.advance(bar),
+                device=device, gpu_layers=gpu_layers,
             )  # fmt: skip
         except RunInterrupted as stop:
             where = f"; rerun with --resume to continue into {output}" if output else ""
@@ -117,14 +124,17 @@ def classify(
     ray: RayOpt = False,
     ray_address: RayAddressOpt = None,
     workers: WorkersOpt = 1,
+    device: DeviceOpt = "auto",
+    gpu_layers: GpuLayersOpt = None,
 ) -> None:
     """Label every item of INPUT with a probability for each label."""
     job = Job("classify", task, parse_labels(labels), calibrate=calibration, long=long.value)
     if ray or ray_address:
+        _ray_on_cpu(device, gpu_layers)
         return run_ray(job, input, model, format, output, text_field, input_format, encoding,
                        threads, quiet, ray_address, workers)  # fmt: skip
     run(job, input, model, format, output, text_field, input_format, encoding, resume, threads,
-        quiet)  # fmt: skip
+        quiet, device, gpu_layers)  # fmt: skip
 
 
 def score(
@@ -148,14 +158,17 @@ def score(
     ray: RayOpt = False,
     ray_address: RayAddressOpt = None,
     workers: WorkersOpt = 1,
+    device: DeviceOpt = "auto",
+    gpu_layers: GpuLayersOpt = None,
 ) -> None:
     """Score the intensity (0 to 1) of every item of INPUT."""
     job = Job("score", task, long=long.value)
     if ray or ray_address:
+        _ray_on_cpu(device, gpu_layers)
         return run_ray(job, input, model, format, output, text_field, input_format, encoding,
                        threads, quiet, ray_address, workers)  # fmt: skip
     run(job, input, model, format, output, text_field, input_format, encoding, resume, threads,
-        quiet)  # fmt: skip
+        quiet, device, gpu_layers)  # fmt: skip
 
 
 def negotiate(
@@ -181,6 +194,8 @@ def negotiate(
     threads: ThreadsOpt = None,
     quiet: QuietOpt = False,
     calibration: CalibrationOpt = True,
+    device: DeviceOpt = "auto",
+    gpu_layers: GpuLayersOpt = None,
 ) -> None:
     """Label INPUT by SANM negotiation: the model proposes, judges itself, and repeats.
 
@@ -190,7 +205,13 @@ def negotiate(
         "negotiate", task, parse_labels(labels), max_rounds, trace, agree_threshold, calibration
     )
     run(job, input, model, format, output, text_field, input_format, encoding, resume, threads,
-        quiet)  # fmt: skip
+        quiet, device, gpu_layers)  # fmt: skip
+
+
+def _ray_on_cpu(device: str, gpu_layers: int | None) -> None:
+    """Ray workers run their engines on the CPU: --device cuda or --gpu-layers is refused."""
+    if check_device(device, gpu_layers) == "cuda" or gpu_layers:
+        raise InputError("--ray runs its workers on the CPU: drop --device cuda / --gpu-layers")
 
 
 def register(app: typer.Typer) -> None:

@@ -63,6 +63,22 @@ LabelsOpt = Annotated[
     str | None, typer.Option(help="Comma-separated label set replacing the task's labels.")
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")]
+DeviceOpt = Annotated[
+    str,
+    typer.Option(
+        "--device",
+        help="auto (a GPU when the installed onnxruntime/llama.cpp can use one, else the CPU), "
+        "cpu, or cuda (an error when no GPU can be used).",
+    ),
+]
+GpuLayersOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--gpu-layers",
+        min=-1,
+        help="GGUF models: transformer layers llama.cpp offloads to the GPU (default: all, -1).",
+    ),
+]
 DataDirOpt = Annotated[Path | None, typer.Option(help="Dataset folder (default: $AFFEDGE_DATA).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 CalibrationOpt = Annotated[

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from affedge.artifact import ArtifactKind
+from affedge.device import DEFAULT_DEVICE, check_device
 from affedge.engines.base import Capability, Engine, LabelResult, ScoreResult
 from affedge.errors import ModelError
 from affedge.models import ModelRef, resolve_model
@@ -35,6 +36,10 @@ class Backend:
     engine: str | type[Engine]
     extra: str | None = None  # the pip extra that provides its dependencies, for the error
     requires: tuple[str, ...] = ()  # modules it imports (checked before it is used)
+    #: Devices besides the CPU it can run on (its class then takes ``device=``), and whether
+    #: it takes ``gpu_layers=`` (llama.cpp offload); see affedge/device.py.
+    devices: tuple[str, ...] = ("cpu",)
+    gpu_layers: bool = False
 
     def load(self) -> type[Engine]:
         """The engine class; ModelError naming the pip extra if a dependency is missing."""
@@ -99,15 +104,36 @@ def backends() -> list[Backend]:
     return list(dict.fromkeys(_BACKENDS.values()))
 
 
-def open_engine(model: str | ModelRef | None = None, threads: int | None = None) -> Engine:
-    """Load ``model`` (a built-in name, a path, a resolved ref or None for the default)."""
+def open_engine(
+    model: str | ModelRef | None = None,
+    threads: int | None = None,
+    device: str = DEFAULT_DEVICE,
+    gpu_layers: int | None = None,
+) -> Engine:
+    """Load ``model`` (a built-in name, a path, a resolved ref or None for the default) on
+    ``device`` (``auto``, ``cpu``, ``cuda``; affedge/device.py) with ``gpu_layers`` llama.cpp
+    layers offloaded (GGUF models; default: all of them on a GPU)."""
+    device = check_device(device, gpu_layers)
     ref = resolve_model(model)
-    return backend_for(ref.kind).load()(ref, threads=threads)
+    backend = backend_for(ref.kind)
+    if gpu_layers is not None and not backend.gpu_layers:
+        raise ModelError(f"--gpu-layers: {ref.name} runs on {backend.name}, not llama.cpp")
+    placement: dict[str, Any] = {}
+    if "cuda" in backend.devices:
+        placement["device"] = device
+    elif device == "cuda":
+        raise ModelError(f"--device cuda: {ref.name} runs on {backend.name}, CPU only")
+    if backend.gpu_layers:
+        placement["gpu_layers"] = gpu_layers
+    return backend.load()(ref, threads=threads, **placement)
 
 
 register_backend(
     Backend(
-        "onnx-encoder", (ArtifactKind.ENCODER_ONNX.value,), "affedge.engines.onnx:ONNXEncoderEngine"
+        "onnx-encoder",
+        (ArtifactKind.ENCODER_ONNX.value,),
+        "affedge.engines.onnx:ONNXEncoderEngine",
+        devices=("cpu", "cuda"),
     )
 )
 register_backend(
@@ -131,6 +157,8 @@ register_backend(
         "affedge.engines.gguf:GGUFEngine",
         extra="llm",
         requires=("llama_cpp",),
+        devices=("cpu", "cuda"),
+        gpu_layers=True,
     )
 )
 register_backend(
@@ -138,6 +166,7 @@ register_backend(
         "onnx-decoder",
         (ArtifactKind.LLM_ONNX.value,),
         "affedge.engines.onnx_decoder:ONNXDecoderEngine",
+        devices=("cpu", "cuda"),
     )
 )
 

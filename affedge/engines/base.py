@@ -74,6 +74,8 @@ class Engine(ABC):
     #: (``--no-calibration`` turns it off to see raw probabilities).
     temperatures: Mapping[str, float] = MappingProxyType({})
     calibrate: bool = True
+    #: Where the model runs: ``cpu`` or ``cuda`` (affedge/device.py; GPU backends set it).
+    device: str = "cpu"
 
     def temperature(self, task: Task, labels: Sequence[str] | None = None) -> float:
         """The temperature for ``task`` over ``labels`` (1.0: uncalibrated or turned off)."""

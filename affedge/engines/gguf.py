@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from affedge.artifact import GGUF_MAGIC
+from affedge.device import llama_gpu_layers
 from affedge.engines.base import Capability, LabelResult
 from affedge.engines.decoder import DecoderEngine, label_result, log_softmax
 from affedge.engines.gguf_adapter import check_adapter, llama_files
@@ -56,11 +57,16 @@ class GGUFEngine(DecoderEngine):
         context_turns: int | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
         seq_cells: int = DEFAULT_SEQ_CELLS,
+        device: str = "cpu",
+        gpu_layers: int | None = None,
     ) -> None:
         from jinja2 import TemplateError
         from llama_cpp import Llama
 
         _check_gguf_file(ref)
+        #: llama.cpp layers on the GPU (affedge/device.py: 0 on the CPU, -1 every layer)
+        self.gpu_layers = llama_gpu_layers(device, gpu_layers)
+        self.device = "cuda" if self.gpu_layers else "cpu"
         self.name = ref.name
         if ref.manifest is not None:  # an exported or adapter artifact: its temperatures
             self.temperatures = ref.manifest.calibration
@@ -77,6 +83,7 @@ class GGUFEngine(DecoderEngine):
                 n_batch=512,
                 n_threads=self.threads,
                 n_threads_batch=self.threads,
+                n_gpu_layers=self.gpu_layers,
                 logits_all=False,
                 verbose=False,
                 seed=0,

@@ -17,7 +17,7 @@ import numpy as np
 
 from affedge.artifact import ArtifactKind
 from affedge.engines.decoder import DecoderEngine, log_softmax
-from affedge.engines.ort import cpu_session
+from affedge.engines.ort import session, session_device
 from affedge.errors import ModelError
 from affedge.models import ModelRef
 from affedge.prompts import ChatTemplate, ItemPrompt, Messages
@@ -29,7 +29,11 @@ class ONNXDecoderEngine(DecoderEngine):
     """Label and score prediction with an exported decoder on onnxruntime."""
 
     def __init__(
-        self, ref: ModelRef, threads: int | None = None, context_turns: int | None = None
+        self,
+        ref: ModelRef,
+        threads: int | None = None,
+        context_turns: int | None = None,
+        device: str = "cpu",
     ) -> None:
         from tokenizers import Tokenizer
 
@@ -53,7 +57,8 @@ class ONNXDecoderEngine(DecoderEngine):
             Tokenizer.from_file(str(tok_file)), manifest.special_tokens, manifest.chat_template
         )
         self._init_prompt_cache()
-        self._session = cpu_session(model_file, threads)
+        self._session = session(model_file, threads, device)
+        self.device = session_device(self._session)
         self._inputs = {i.name for i in self._session.get_inputs()}
 
     def _forward(self, ids: Sequence[int]) -> np.ndarray:
