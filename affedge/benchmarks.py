@@ -9,9 +9,10 @@ default:
   ``encoder`` (the multi-task encoder, train/encoder_data.py; the head follows from the task),
   ``progressive`` (the GSA stages, train/progressive.py; the stage follows from the task's level)
   and ``multitask`` (the multi-task LLM, train/multitask.py; grouped by task);
-* ``reports``: the reports that headline it, with its row position there, and ``goal``, the
-  quality target a report checks (``encoder_report``: the edge encoder's targets as its issue
-  states them; ``train_report``: the stage benchmarks the GSA paper reports, one per level).
+* ``reports``: the reports that headline it, with its row position there, and ``goals``, the
+  quality target each report checks (``encoder_report``: the edge encoder's targets as its
+  issue states them; ``train_report``: the stage benchmarks the GSA paper reports, one per
+  level; ``llm_report``: the fine-tuned LLM adapters' targets, bench/llm_report.py).
 
 Every recipe and report derives its default table from here (:func:`training_sources`,
 :func:`stage_datasets`, :func:`task_datasets`, :func:`report_targets`), so a dataset's default
@@ -33,7 +34,7 @@ from affedge.errors import AffedgeError
 from affedge.tasks import INTENSITY_EMOTIONS, LABEL_ALIASES, TASKS, Level, get_task
 
 Recipe = Literal["encoder", "progressive", "multitask"]
-Report = Literal["encoder_report", "train_report"]
+Report = Literal["encoder_report", "train_report", "llm_report"]
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ class Benchmark:
     set where the dataset has its own; ``where`` keeps only records whose label layers have
     these values. Records whose gold label is outside the label set (SemEval-2014 "conflict")
     are dropped and counted. ``score_range`` is the scale of a score layer (training maps it
-    to [0, 1]); ``train``, ``reports`` and ``goal``: see the module docstring. An empty
+    to [0, 1]); ``train``, ``reports`` and ``goals``: see the module docstring. An empty
     ``metric`` marks a training-only row.
     """
 
@@ -61,7 +62,7 @@ class Benchmark:
     score_range: tuple[float, float] = (0.0, 1.0)
     train: Mapping[Recipe, int] = field(default_factory=dict)
     reports: Mapping[Report, int] = field(default_factory=dict)
-    goal: float | None = None
+    goals: Mapping[Report, float] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -82,8 +83,8 @@ BENCHMARK_TABLE: tuple[Benchmark, ...] = (
         "accuracy",
         extra_metrics=("macro_f1",),
         train={"encoder": 2, "progressive": 1},
-        reports={"encoder_report": 1, "train_report": 1},
-        goal=0.90,
+        reports={"encoder_report": 1, "train_report": 1, "llm_report": 1},
+        goals={"encoder_report": 0.90, "llm_report": 0.89},
     ),
     Benchmark(
         "sentiment",
@@ -92,8 +93,8 @@ BENCHMARK_TABLE: tuple[Benchmark, ...] = (
         "macro_recall",
         extra_metrics=("accuracy", "macro_f1"),
         train={"encoder": 1, "progressive": 2, "multitask": 1},
-        reports={"encoder_report": 2},
-        goal=0.70,
+        reports={"encoder_report": 2, "llm_report": 2},
+        goals={"encoder_report": 0.70, "llm_report": 0.65},
     ),
     Benchmark(
         "sentiment",
@@ -110,8 +111,8 @@ BENCHMARK_TABLE: tuple[Benchmark, ...] = (
         "weighted_f1",
         extra_metrics=("accuracy",),
         train={"encoder": 3, "progressive": 3},
-        reports={"encoder_report": 5, "train_report": 2},
-        goal=0.60,
+        reports={"encoder_report": 5, "train_report": 2, "llm_report": 3},
+        goals={"encoder_report": 0.60, "llm_report": 0.58},
     ),
     Benchmark(
         "emotion",
@@ -121,6 +122,8 @@ BENCHMARK_TABLE: tuple[Benchmark, ...] = (
         labels=DATASETS["emorynlp"].layers["emotion"],
         extra_metrics=("accuracy",),
         train={"progressive": 4},
+        reports={"llm_report": 4},
+        goals={"llm_report": 0.36},
     ),
     Benchmark(
         "emotion",
@@ -140,7 +143,7 @@ BENCHMARK_TABLE: tuple[Benchmark, ...] = (
         extra_metrics=("accuracy",),
         train={"encoder": 6, "multitask": 2},
         reports={"encoder_report": 3},
-        goal=0.75,
+        goals={"encoder_report": 0.75},
     ),
     Benchmark(
         "emotion",
@@ -158,7 +161,8 @@ BENCHMARK_TABLE: tuple[Benchmark, ...] = (
         extra_metrics=("accuracy", "f1_positive"),
         positive="sarcastic",
         train={"encoder": 9, "progressive": 6},
-        reports={"train_report": 3},
+        reports={"train_report": 3, "llm_report": 5},
+        goals={"llm_report": 0.68},
     ),
     Benchmark(
         "sarcasm",
@@ -178,8 +182,8 @@ BENCHMARK_TABLE: tuple[Benchmark, ...] = (
         extra_metrics=("accuracy", "macro_f1"),
         positive=_IRONY_OF["sarcastic"],
         train={"encoder": 8, "progressive": 8},
-        reports={"encoder_report": 4},
-        goal=0.65,
+        reports={"encoder_report": 4, "llm_report": 6},
+        goals={"encoder_report": 0.65, "llm_report": 0.62},
     ),
     *(
         Benchmark(
@@ -201,8 +205,8 @@ BENCHMARK_TABLE: tuple[Benchmark, ...] = (
         "pearson",
         extra_metrics=("spearman",),
         train={"encoder": 11, "multitask": 3},
-        reports={"encoder_report": 10},
-        goal=0.80,
+        reports={"encoder_report": 10, "llm_report": 7},
+        goals={"encoder_report": 0.80, "llm_report": 0.78},
     ),
     Benchmark(
         "valence",
@@ -221,8 +225,8 @@ BENCHMARK_TABLE: tuple[Benchmark, ...] = (
             "pearson",
             extra_metrics=("spearman",),
             train={"encoder": 13 + i, "multitask": 5 + i},
-            reports={"encoder_report": 6 + i},
-            goal=0.70,
+            reports={"encoder_report": 6 + i, "llm_report": 8 + i},
+            goals={"encoder_report": 0.70, "llm_report": 0.65},
         )
         for i, e in enumerate(INTENSITY_EMOTIONS)
     ),

@@ -75,6 +75,8 @@ class BuiltinModel:
     default: bool = False
     #: Turns the located file into the one to run (the GGUF base: a faster quant, cached).
     prepare: Callable[[Path], Path] | None = None
+    #: The tasks it answers, as `models list` shows them.
+    tasks: str = "all"
 
 
 def _fast_gguf_base(path: Path) -> Path:
@@ -124,6 +126,7 @@ def bundled_adapters(root: Path = ASSETS, known: tuple[str, ...] = ()) -> list[B
     for folder in folders:
         if folder.name in known or not has_manifest(folder):
             continue
+        tasks = ""
         try:
             manifest = Manifest.read(folder)
         except ModelError as exc:  # listed, so that the defect shows instead of the model
@@ -135,11 +138,13 @@ def bundled_adapters(root: Path = ASSETS, known: tuple[str, ...] = ()) -> list[B
                 manifest.info.get("description")
                 or f"LoRA adapter on {manifest.base}, GGUF; tasks: {', '.join(manifest.tasks)}"
             )
+            tasks = ", ".join(manifest.tasks)
         out.append(
             BuiltinModel(
                 name=folder.name,
                 kind=ArtifactKind.LLM_GGUF_LORA,
                 description=description,
+                tasks=tasks,
                 install="ships inside the affedge package (needs its base model)",
                 locate=_bundled(folder.name, root),
             )
@@ -265,11 +270,21 @@ def _builtin_ref(model: BuiltinModel) -> ModelRef:
     return ModelRef.from_path(path, name=model.name)
 
 
-def default_model_name() -> str:
-    """``$AFFEDGE_MODEL`` if set, else the first available built-in default."""
+#: What a generative-only command (``negotiate``) runs when no model is named: the first of
+#: these that is installed (the fine-tuned adapter when it ships, else the zero-shot base).
+DEFAULT_CHAT_MODELS = ("smollm2-affect-progressive", "smollm2-135m-instruct")
+
+
+def default_model_name(chat: bool = False) -> str:
+    """``$AFFEDGE_MODEL`` if set, else the first available built-in default (for ``chat``,
+    a generative model: :data:`DEFAULT_CHAT_MODELS`)."""
     env = os.environ.get(MODEL_ENV)
     if env:
         return env
+    if chat:
+        for name in DEFAULT_CHAT_MODELS:
+            if any(m.name == name and m.locate() is not None for m in BUILTIN):
+                return name
     for model in BUILTIN:
         if model.default and model.locate() is not None:
             return model.name
@@ -303,6 +318,7 @@ class ModelListing:
     size_mb: float | None
     description: str
     install: str
+    tasks: str
 
 
 def _size(path: Path) -> int:
@@ -328,6 +344,7 @@ def list_models() -> list[ModelListing]:
                 size_mb=round(_size(path) / 2**20, 1) if path else None,
                 description=model.description,
                 install=model.install,
+                tasks=model.tasks,
             )
         )
     return out

@@ -36,9 +36,9 @@ RESULTS = Path(__file__).resolve().parent / "results"
 #: (task, dataset, metric, target) as the issue states them: the benchmark table's
 #: ``encoder_report`` rows and goals.
 TARGETS: tuple[tuple[str, str, str, float], ...] = tuple(
-    (b.task, b.dataset, b.metric, b.goal)
+    (b.task, b.dataset, b.metric, b.goals["encoder_report"])
     for b in report_targets("encoder_report")
-    if b.goal is not None
+    if "encoder_report" in b.goals
 )
 
 

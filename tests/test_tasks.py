@@ -171,8 +171,8 @@ def test_the_default_training_data_of_every_recipe():
 
 def test_report_targets_have_goals_and_one_headline_per_level():
     encoder = report_targets("encoder_report")
-    assert all(b.goal is not None and b.metric for b in encoder)
-    assert [(b.name, b.goal) for b in encoder][:5] == [
+    assert all("encoder_report" in b.goals and b.metric for b in encoder)
+    assert [(b.name, b.goals["encoder_report"]) for b in encoder][:5] == [
         ("polarity/sst2", 0.90),
         ("sentiment/tweet_eval_sentiment", 0.70),
         ("emotion/tweet_eval_emotion", 0.75),
@@ -182,6 +182,16 @@ def test_report_targets_have_goals_and_one_headline_per_level():
     levels = [TASKS[b.task].level for b in report_targets("train_report")]
     assert levels == ["SA", "ERC", "SD"]
     assert [b.dataset for b in report_targets("train_report")] == ["sst2", "meld", "mustard"]
+    llm = report_targets("llm_report")
+    assert all("llm_report" in b.goals and b.metric for b in llm)
+    assert [(b.name, b.goals["llm_report"]) for b in llm][:6] == [
+        ("polarity/sst2", 0.89),
+        ("sentiment/tweet_eval_sentiment", 0.65),
+        ("emotion/meld", 0.58),
+        ("emotion/emorynlp", 0.36),
+        ("sarcasm/mustard", 0.68),
+        ("sarcasm/tweet_eval_irony", 0.62),
+    ]
 
 
 def test_label_sets_come_from_the_registries():

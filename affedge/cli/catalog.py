@@ -40,6 +40,7 @@ def models_list(json_out: JsonOpt = False) -> None:
             "name": "name",
             "format": "format",
             "default": "default",
+            "tasks": "tasks",
             "installed": "installed",
             "size_mb": "size MB",
             "where": "path / how to install",
