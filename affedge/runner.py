@@ -33,7 +33,7 @@ from affedge.io import (
     record_id,
     scan,
 )
-from affedge.models import ModelRef, resolve_model
+from affedge.models import ModelRef, default_model_name, resolve_model
 from affedge.negotiate import DEFAULT_MAX_ROUNDS
 from affedge.records import Record
 from affedge.tasks import ALL_TASKS, Task, get_task
@@ -259,6 +259,8 @@ def annotate_file(
 
     reader = InputReader(input_path, input_format, text_field, encoding, job.max_chars)
     total = scan(reader)  # every input problem surfaces here, before any model work
+    if model is None:  # negotiation needs a generative model: the fine-tuned one if shipped
+        model = default_model_name(chat=job.command == "negotiate")
     ref = resolve_model(model)
     header: dict[str, Any] = {
         "command": job.command,
