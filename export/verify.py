@@ -7,7 +7,14 @@ layout, quantization), never a tokenization difference. Reported per artifact:
 * label agreement with the source on a validation sample, and both accuracies;
 * for unquantized artifacts, max and mean absolute difference of the full next-token logits
   at the answer position (first ``logit_items`` items);
-* file size and median CPU latency per item (the engine's own path, prefix reuse included).
+* file size, the artifact's items/s over the sample (the engine's batched path, as
+  ``affedge classify`` runs it) and its median latency of one item alone (first
+  :data:`LATENCY_ITEMS`).
+
+Both sides are batched: the source scores length-sorted padded batches reading only the
+answer position (train/llm_eval.py :func:`score_many`), the artifact runs its engine's
+``classify`` (batched GGUF decoding). The source scores each prompt once per export, whatever
+the number of quant types.
 """
 
 from __future__ import annotations
@@ -43,6 +50,8 @@ AGREEMENT_FLOORS: dict[str, float] = {
     "int8": 0.85,
 }
 DEFAULT_FLOOR = 0.85
+#: Items whose one-at-a-time latency the report gives (median).
+LATENCY_ITEMS = 16
 
 
 def floor_for(artifact: str) -> float:
@@ -67,6 +76,7 @@ class VerifyReport:
     mean_abs_logit_diff: float | None
     size_bytes: int
     latency_ms_p50: float
+    items_per_s: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -106,19 +116,21 @@ class TorchSource:
         self.model = model.eval()
         self._memo: dict[tuple, np.ndarray] = {}
 
-    def logits(self, ids: list[int]) -> np.ndarray:
-        """Next-token logits at every position of ``ids`` (float32)."""
+    def logits(self, ids: list[int], keep: int = 0) -> np.ndarray:
+        """Next-token logits at every position of ``ids`` (float32); the last ``keep``
+        positions only when ``keep`` > 0."""
         import torch
 
         with torch.inference_mode():
-            out = self.model(torch.tensor([ids], dtype=torch.long)).logits[0]
+            ids_t = torch.tensor([ids], dtype=torch.long)
+            out = self.model(ids_t, logits_to_keep=keep).logits[0]
         return out.float().numpy()
 
     def last_logits(self, ids: list[int]) -> np.ndarray:
         """Next-token logits after ``ids`` (memoised like the label scores)."""
         key = ("logits", tuple(ids))
         if key not in self._memo:
-            self._memo[key] = self.logits(ids)[-1]
+            self._memo[key] = self.logits(ids, keep=1)[-1]
         return self._memo[key]
 
     def answer_logprobs(self, ids: list[int], prep: PromptTokens) -> np.ndarray:
@@ -130,6 +142,24 @@ class TorchSource:
         if key not in self._memo:
             self._memo[key] = score_answers(self.model, ids, prep.answers)
         return self._memo[key]
+
+    def answer_logprobs_many(
+        self, prompts: list[list[int]], prep: PromptTokens, batch_size: int | None = None
+    ) -> list[np.ndarray]:
+        """:meth:`answer_logprobs` of every prompt, the ones not memoised yet scored in
+        length-sorted batches (train/llm_eval.py :func:`score_many`)."""
+        from affedge.train.llm_eval import CPU_BATCH_SIZE, score_many
+
+        answers = tuple(map(tuple, prep.answers))
+        keys = [(tuple(ids), answers) for ids in prompts]
+        todo = list({k: ids for k, ids in zip(keys, prompts, strict=True) if k not in self._memo})
+        if todo:
+            rows = score_many(
+                self.model, [list(k[0]) for k in todo], prep.answers,
+                batch_size=batch_size or CPU_BATCH_SIZE,
+            )  # fmt: skip
+            self._memo.update(zip(todo, rows, strict=True))
+        return [self._memo[k] for k in keys]
 
 
 def verify(
@@ -153,18 +183,20 @@ def verify(
     # after each call, and alternating them item by item on a small CPU made every call
     # wait for the other pool (seconds per item instead of milliseconds).
     prompts = [engine.prompt_tokens(task, record, labels) for record in records]
-    src_labels = [labels[int(np.argmax(source.answer_logprobs(ids, prep)))] for ids in prompts]
+    src_rows = source.answer_logprobs_many(prompts, prep)
+    src_labels = [labels[int(np.argmax(row))] for row in src_rows]
     src_logits = [source.last_logits(ids) for ids in prompts[:logit_items]]
     diffs = [
         np.abs(engine.next_token_logits(ids) - ref)
         for ids, ref in zip(prompts[:logit_items], src_logits, strict=True)
     ]
-    art_labels: list[str] = []
+    start = time.perf_counter()
+    art_labels = [result.label for result in engine.classify(records, task, labels)]
+    seconds = time.perf_counter() - start
     times: list[float] = []
-    results = iter(engine.classify(records, task, labels))
-    for _ in records:
+    for record in records[:LATENCY_ITEMS]:  # one item alone, as a single request runs
         t0 = time.perf_counter()
-        art_labels.append(next(results).label)
+        list(engine.classify([record], task, labels))
         times.append(time.perf_counter() - t0)
     gold = [record.labels.get(bench.layer) for record in records]
     agree = sum(a == b for a, b in zip(art_labels, src_labels, strict=True))
@@ -188,6 +220,7 @@ def verify(
         mean_abs_logit_diff=float(np.mean(diffs_mean)) if diffs_mean else None,
         size_bytes=_size(file),
         latency_ms_p50=float(np.median(times) * 1000),
+        items_per_s=round(n / seconds, 2) if seconds > 0 else None,
     )
 
 

@@ -257,3 +257,57 @@ def test_full_disk_mid_write_leaves_nothing(tiny_llama, tmp_path, data_dir):
     )  # fmt: skip
     _one_line_error(proc, "cannot write the export")
     assert not out.exists()
+
+
+# ------------------------------------------------------------------ batched source scoring
+
+
+def _sharp_tiny_llama():
+    """A random 2-layer llama whose outputs depend strongly on every input token (weights
+    drawn wide), so a padding or position mistake moves log-probabilities by far more than
+    the tolerance."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.normal_(0, 0.3)
+    return model
+
+
+def test_batched_source_scoring_matches_one_at_a_time():
+    from affedge.export.verify import TorchSource
+    from affedge.prompts import PromptTokens
+    from affedge.train.llm_eval import length_batches, score_answers, score_many
+
+    model = _sharp_tiny_llama()
+    rng = np.random.default_rng(3)
+    lengths = [int(n) for n in rng.integers(3, 60, size=23)]
+    prompts = [[int(t) for t in rng.integers(1, 97, size=n)] for n in lengths]
+    answers = [[5], [6, 7], [8, 9, 10]]  # one- and multi-token continuations
+    one = np.array([score_answers(model, p, answers) for p in prompts])
+    for batch_size in (4, 16):
+        many = score_many(model, prompts, answers, pad_id=0, batch_size=batch_size)
+        np.testing.assert_allclose(many, one, atol=1e-4, rtol=0)
+    # what the tolerance guards: prompts differ from each other by far more than it
+    assert np.abs(one - one.mean(0)).max() > 0.1
+
+    batches = length_batches(lengths, 4, max_tokens=100)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    assert all((len(b) <= 4 and len(b) * max(lengths[i] for i in b) <= 100) or len(b) == 1
+               for b in batches)  # fmt: skip
+    assert [lengths[i] for b in batches for i in b] == sorted(lengths)
+
+    source = TorchSource(model)
+    prep = PromptTokens(head=[], suffix=[], answers=answers, first_only=False)
+    rows = source.answer_logprobs_many(prompts + prompts[:3], prep, batch_size=8)
+    np.testing.assert_allclose(np.array(rows[:23]), one, atol=1e-4, rtol=0)
+    assert all(rows[23 + i] is rows[i] for i in range(3))  # memoised, scored once
+    np.testing.assert_allclose(source.answer_logprobs(prompts[5], prep), one[5], atol=1e-4)

@@ -31,6 +31,11 @@ from affedge.train.sft_data import ChatFormat, Source
 
 #: Prompts longer than this are cut in the middle of the body (the runtime's window is 2048).
 EVAL_MAX_LENGTH = 2048
+#: Prompts per forward pass when many are scored (:func:`score_many`) on a CPU; sorted by
+#: length first, a batch pads little. A batch also stays under :data:`BATCH_TOKENS` padded
+#: tokens, so long prompts go fewer at a time (attention memory grows with the square).
+CPU_BATCH_SIZE = 16
+BATCH_TOKENS = 4096
 
 
 @torch.no_grad()
@@ -84,10 +89,44 @@ def score_answers(model: Any, ids: Sequence[int], answers: Sequence[Sequence[int
     return score_batch(model, [ids], answers)[0]
 
 
+def length_batches(
+    lengths: Sequence[int], batch_size: int, max_tokens: int = BATCH_TOKENS
+) -> list[list[int]]:
+    """Indices of ``lengths`` sorted by length (stable), cut into batches of at most
+    ``batch_size`` whose padded size (rows x longest) stays within ``max_tokens`` (a single
+    longer prompt goes alone)."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    batches: list[list[int]] = []
+    for i in order:
+        last = batches[-1] if batches else None
+        if last and len(last) < batch_size and (len(last) + 1) * lengths[i] <= max_tokens:
+            last.append(i)
+        else:
+            batches.append([i])
+    return batches
+
+
+def score_many(
+    model: Any,
+    prompts: Sequence[Sequence[int]],
+    answers: Sequence[Sequence[int]],
+    pad_id: int = 0,
+    batch_size: int = CPU_BATCH_SIZE,
+) -> np.ndarray:
+    """:func:`score_batch` of many prompts: sorted by length, ``batch_size`` per forward pass
+    (:func:`length_batches`); rows in the order of ``prompts``. The same numbers as scoring
+    them one at a time, up to float rounding (tests/test_export.py compares them)."""
+    scores = np.empty((len(prompts), len(answers)))
+    for batch in length_batches([len(p) for p in prompts], max(1, batch_size)):
+        scores[batch] = score_batch(model, [prompts[i] for i in batch], answers, pad_id)
+    return scores
+
+
 class TorchScorer(Engine):
     """A HF causal LM behind the engine interface, prompted and scored as the decoder
     engines are: ``classify`` and ``score`` on the runtime's prompt ids, ``batch_size``
-    prompts per forward pass."""
+    prompts per forward pass (sorted by length within a window of ``window_batches`` batches;
+    results in input order)."""
 
     capabilities: ClassVar[frozenset[Capability]] = frozenset(
         {Capability.LABELS, Capability.SCORES, Capability.CUSTOM_LABELS}
@@ -103,8 +142,10 @@ class TorchScorer(Engine):
         context_turns: int | None = None,
         batch_size: int = 1,
         pad_id: int | None = None,
+        window_batches: int = 8,
     ) -> None:
         self.model = model
+        self.window_batches = max(1, window_batches)
         self.name = name
         self.prompts = PromptBuilder(tokenizer)
         self.window = window
@@ -122,9 +163,11 @@ class TorchScorer(Engine):
         self, records: Iterable[Record], task: Task, labels: Sequence[str] | None
     ) -> Iterator[tuple[np.ndarray, ItemPrompt]]:
         it = iter(records)
-        while batch := list(islice(it, self.batch_size)):
+        size = max(1, self.batch_size)
+        while batch := list(islice(it, size * self.window_batches)):
             built = [self.build(task, r, labels) for r in batch]
-            logp = score_batch(self.model, [b.ids for b in built], built[0].answers, self.pad_id)
+            ids = [b.ids for b in built]
+            logp = score_many(self.model, ids, built[0].answers, self.pad_id, size)
             yield from zip(logp, built, strict=True)
 
     def classify(
@@ -145,7 +188,7 @@ def evaluate_source(
     """The benchmark's metrics (headline first) of ``model`` on ``records`` (validation)."""
     records, _ = select_records(source.bench, list(records))
     device = next(model.parameters()).device
-    scorer = TorchScorer(model, fmt, batch_size=8 if device.type == "cuda" else 1)
+    scorer = TorchScorer(model, fmt, batch_size=8 if device.type == "cuda" else CPU_BATCH_SIZE)
     was_training = model.training
     model.eval()
     try:
