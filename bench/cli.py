@@ -111,8 +111,12 @@ def bench(
     reps: Annotated[int, typer.Option(min=1, help="Repetitions (the median is quoted).")] = 3,
     latency_n: Annotated[int, typer.Option(min=1, help="Items timed one at a time.")] = 30,
     peers: Annotated[
-        str, typer.Option(help="Comma-separated: vader, textblob, transformers, generation.")
-    ] = "vader,textblob,transformers,generation",
+        str,
+        typer.Option(
+            help="Comma-separated: vader, textblob, transformers (batch 32, input order), "
+            "transformers-sorted (batch 32, length-sorted), generation."
+        ),
+    ] = "vader,textblob,transformers,transformers-sorted,generation",
     task: Annotated[str, typer.Option("--task", "-t", help="Classification task.")] = "polarity",
     dataset: Annotated[str, typer.Option("--dataset", "-d", help="Labelled inputs.")] = "sst2",
     source: Annotated[

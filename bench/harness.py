@@ -176,7 +176,7 @@ def _worker(args: list[str], threads: int, timeout: float) -> dict[str, Any]:
 def run_bench(
     models: Sequence[str],
     threads: Sequence[int] = (2,),
-    peers: Sequence[str] = ("vader", "textblob", "transformers", "generation"),
+    peers: Sequence[str] | None = None,
     n: int = 200,
     reps: int = 3,
     latency_n: int = 30,
@@ -193,6 +193,7 @@ def run_bench(
     from affedge.bench.reporting import machine_info
     from affedge.models import resolve_model
 
+    peers = PEERS if peers is None else peers
     unknown = [p for p in peers if p not in PEERS]
     if unknown:
         raise AffedgeError(f"unknown peer {unknown[0]!r}: choose from {', '.join(PEERS)}")

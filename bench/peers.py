@@ -5,9 +5,13 @@ the speed harness treat affedge and its peers alike. A system is named by a *spe
 
 * ``affedge:MODEL`` - affedge's own engine for MODEL (built-in name or path);
 * ``vader``, ``textblob`` - the lexicon tools (sentiment and polarity only);
-* ``transformers:MODEL`` - transformers/torch fp32 inference of MODEL's weights: a GGUF file
-  is dequantized by :func:`affedge.train.hf_base.load_causal_lm`; an ONNX encoder uses its
-  torch source folder (``source``);
+* ``transformers:MODEL`` - transformers/torch fp32 inference of MODEL's weights as users run
+  it: batches of :data:`USER_BATCH` in input order, each padded to its longest item (a
+  ``pipeline(..., batch_size=32)`` call); a GGUF file is dequantized by
+  :func:`affedge.train.hf_base.load_causal_lm`; an ONNX encoder uses its torch source folder
+  (``source``);
+* ``transformers-sorted:MODEL`` - the same weights in their best form: the whole input sorted
+  by token length first, so batches pad little (results in input order);
 * ``generation:MODEL`` - llama-cpp-python ``create_completion`` on the same GGUF and the same
   prompt tokens, greedy, the answer text matched to a label.
 
@@ -33,7 +37,12 @@ REPO = Path(__file__).resolve().parent.parent
 #: (runs/ is not shipped: the peer is skipped where the folder is missing).
 KNOWN_SOURCES: dict[str, Path] = {"minilm-affect-int8": REPO / "runs" / "encoder-main"}
 
-PEERS = ("vader", "textblob", "transformers", "generation")
+PEERS = ("vader", "textblob", "transformers", "transformers-sorted", "generation")
+#: Batch size of the transformers peers (a pipeline's batch_size as users set it).
+USER_BATCH = 32
+#: Records the sorted peer reads ahead and sorts (more than any bench input).
+SORT_WINDOW = 4096
+TORCH_PEERS = ("transformers", "transformers-sorted")
 LEXICON_LABELS = ("positive", "negative", "neutral")
 UNPARSED = "<unparsed>"
 
@@ -151,12 +160,18 @@ class TorchCausalEngine(_NoScores):
 
     Batched with left padding; each item is a full forward pass over its whole prompt (no
     prefix KV cache shared between items: how transformers is used for classification).
+    ``sort``: length-sorted batches (the whole input), else input order.
     """
 
     probabilistic = True
 
     def __init__(
-        self, ref: ModelRef, threads: int | None, weights: Path | None = None, batch_size: int = 16
+        self,
+        ref: ModelRef,
+        threads: int | None,
+        weights: Path | None = None,
+        batch_size: int = USER_BATCH,
+        sort: bool = False,
     ) -> None:
         import torch
 
@@ -171,7 +186,7 @@ class TorchCausalEngine(_NoScores):
             raise ModelError(f"{ref.name}: the transformers peer needs a decoder model")
         self._model, _ = load_causal_lm(weights or ref.path)
         self._model.eval()
-        self.name = f"transformers:{ref.name}"
+        self.name = f"{'transformers-sorted' if sort else 'transformers'}:{ref.name}"
         self.batch_size = batch_size
         config = self._model.config
         self.pad_id = config.pad_token_id if config.pad_token_id is not None else 0
@@ -184,6 +199,7 @@ class TorchCausalEngine(_NoScores):
             context_turns=eng.context_turns,
             batch_size=batch_size,
             pad_id=self.pad_id,
+            window_batches=max(1, SORT_WINDOW // batch_size) if sort else 1,
         )
 
     def prompts(self, records: Sequence[Record], task: Task, labels: Sequence[str] | None):
@@ -200,9 +216,15 @@ class TorchCausalEngine(_NoScores):
         self._tokenizer_engine.close()
 
 
-def _torch_encoder(ref: ModelRef, source: Path, threads: int | None) -> Engine:
-    """The ONNX encoder's torch source (same weights, fp32) on the torch-encoder backend."""
-    return open_engine(ModelRef.from_path(source, name=f"transformers:{ref.name}"), threads)
+def _torch_encoder(ref: ModelRef, source: Path, threads: int | None, sort: bool) -> Engine:
+    """The ONNX encoder's torch source (same weights, fp32) on the torch-encoder backend, in
+    batches of :data:`USER_BATCH`: in input order (a window of one batch), or ``sort``ed by
+    length over the whole input."""
+    kind = "transformers-sorted" if sort else "transformers"
+    engine = open_engine(ModelRef.from_path(source, name=f"{kind}:{ref.name}"), threads)
+    engine.batch_size = USER_BATCH  # type: ignore[attr-defined]
+    engine.window = SORT_WINDOW if sort else USER_BATCH  # type: ignore[attr-defined]
+    return engine
 
 
 def torch_source(ref: ModelRef, sources: dict[str, Path] | None = None) -> Path | None:
@@ -239,16 +261,17 @@ def open_system(
         if ref.kind != ArtifactKind.LLM_GGUF.value:
             raise ModelError(f"{spec}: generation peer needs a GGUF model")
         return GenerationEngine(ref, threads)
-    if kind == "transformers":
+    if kind in TORCH_PEERS:
+        sort = kind == "transformers-sorted"
         if ref.kind == ArtifactKind.LLM_GGUF.value:
-            return TorchCausalEngine(ref, threads)
+            return TorchCausalEngine(ref, threads, sort=sort)
         source = torch_source(ref, sources)
         if source is None:
             raise ModelError(f"{spec}: no torch source folder known: pass --source NAME=PATH")
         source_ref = ModelRef.from_path(source)
         if source_ref.kind == ArtifactKind.ENCODER_TORCH.value:
-            return _torch_encoder(ref, source, threads)
-        return TorchCausalEngine(ref, threads, weights=source)
+            return _torch_encoder(ref, source, threads, sort)
+        return TorchCausalEngine(ref, threads, weights=source, sort=sort)
     raise AffedgeError(f"unknown system {spec!r}: affedge:M, vader, textblob, transformers:M, ...")
 
 
@@ -261,7 +284,7 @@ def peer_specs(model: str, fmt: str, peers: Sequence[str], has_source: bool) -> 
             continue  # model-independent: benchmarked once per run
         if peer == "generation" and not gguf:
             continue
-        if peer == "transformers" and not gguf and not has_source:
+        if peer in TORCH_PEERS and not gguf and not has_source:
             continue
         out.append(f"{peer}:{model}")
     return out

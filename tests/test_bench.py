@@ -181,6 +181,10 @@ def test_peer_specs():
     peers = ("vader", "textblob", "transformers", "generation")
     assert peer_specs("g", "gguf", peers, has_source=False) == ["transformers:g", "generation:g"]
     assert peer_specs("e", "onnx", peers, has_source=True) == ["transformers:e"]
+    both = ("transformers", "transformers-sorted")  # as users run it, and length-sorted
+    assert peer_specs("g", "gguf", both, False) == ["transformers:g", "transformers-sorted:g"]
+    assert peer_specs("e", "onnx", both, True) == ["transformers:e", "transformers-sorted:e"]
+    assert peer_specs("e", "onnx", both, False) == []
     assert peer_specs("e", "onnx", peers, has_source=False) == []
 
 
