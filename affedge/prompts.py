@@ -25,6 +25,7 @@ Every prompt, auxiliary training prompts included, is spelled out in this module
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -417,8 +418,32 @@ class PromptBuilder:
         return self.item(prompt, spec.body(record, context_turns), window, reserve)
 
     def conversation(self, messages: Messages) -> list[int]:
-        """A whole conversation ending at the assistant's turn, as ids (generation)."""
-        return self._with_bos(self.tokenizer.tokens(self.tokenizer.render(messages), True))
+        """A whole conversation ending at the assistant's turn, as ids (generation).
+
+        Only the template's glue is parsed for special tokens: every message's content (which
+        may hold an analysed text, as the teacher prompts of train/multitask.py do) is
+        tokenized as plain characters, so a content holding ``<|im_end|>`` cannot end its
+        turn. The template is rendered with a marker in place of each content (as
+        :data:`ITEM_SLOT` stands for the item in :meth:`split`) and the rendered text is cut
+        at the markers, wherever and however often the template puts them."""
+        contents = [str(m.get("content", "")) for m in messages]
+        tag = 0
+        while any(f"\x00AFFEDGE_MSG{tag}_" in c for c in contents):  # no content holds it
+            tag += 1
+        marks = {f"\x00AFFEDGE_MSG{tag}_{i}\x00": c for i, c in enumerate(contents)}
+        marked = [
+            {**m, "content": mark} if "content" in m else dict(m)
+            for m, mark in zip(messages, marks, strict=True)
+        ]
+        rendered = self.tokenizer.render(marked)
+        pieces = re.split(f"({'|'.join(map(re.escape, marks))})", rendered) if marks else [rendered]
+        ids: list[int] = []
+        for piece in pieces:
+            if piece in marks:
+                ids += self.tokenizer.tokens(marks[piece], special=False)
+            elif piece:
+                ids += self.tokenizer.tokens(piece, special=True)
+        return self._with_bos(ids)
 
     def turn_glue(self) -> tuple[list[int], list[int]]:
         """Tokens that end an assistant turn and open a user turn, and that end a user turn

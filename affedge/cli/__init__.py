@@ -43,6 +43,15 @@ class PluginGroup(TyperGroup):
         own = super().list_commands(ctx)
         return own + [name for name in plugin_commands() if name not in own]
 
+    def invoke(self, ctx: Any) -> Any:
+        """Run the command. Ctrl-C that the command does not handle itself (while a model
+        or onnxruntime is still being imported, say) becomes the click abort :func:`main`
+        ends with one line and exit 130: typer would turn it into a silent exit 130."""
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            raise _cli_exceptions()[2]() from None
+
     def get_command(self, ctx: Any, cmd_name: str) -> Any:
         command = super().get_command(ctx, cmd_name)
         if command is not None:
