@@ -1,0 +1,76 @@
+"""The fine-tuned LoRA adapter shipped inside the package, on the built-in SmolLM2 base.
+
+It is listed with its tasks, small enough to ship, applied by llama.cpp at load, better than
+the zero-shot base on real test items, and what `negotiate` runs when no model is named.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("llama_cpp")
+
+from affedge.artifact import ArtifactKind
+from affedge.benchmarks import get_benchmark
+from affedge.datasets import load_dataset
+from affedge.engines import open_engine
+from affedge.evaluate import evaluate_records, select_records
+from affedge.models import BUILTIN, DEFAULT_CHAT_MODELS, default_model_name
+
+NAME = DEFAULT_CHAT_MODELS[0]
+BASE = DEFAULT_CHAT_MODELS[1]
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    model = next((m for m in BUILTIN if m.name == NAME), None)
+    assert model is not None and model.kind == ArtifactKind.LLM_GGUF_LORA
+    folder = model.locate()
+    assert folder is not None, f"the {NAME} adapter is missing from affedge/assets"
+    return folder
+
+
+def test_manifest_names_its_base_tasks_and_verification(shipped):
+    manifest = json.loads((shipped / "affedge.json").read_text())
+    assert manifest["kind"] == "affedge-llm-gguf-lora" and manifest["base"] == BASE
+    assert set(manifest["tasks"]) >= {"polarity", "sentiment", "emotion", "sarcasm"}
+    adapter = shipped / manifest["file"]
+    assert adapter.stat().st_size <= 25 * 2**20
+    assert manifest["adapter"]["parts"] == ["stages/sa", "stages/erc", "stages/sd"]
+    report = manifest["verification"]  # adapter on the base vs the trained model in torch
+    assert report["agreement"] >= report["floor"] >= 0.9 and report["n"] >= 300
+
+
+def test_listed_with_its_tasks(cli):
+    result = cli("models", "list", "--json")
+    assert result.returncode == 0, result.stderr
+    row = next(r for r in json.loads(result.stdout) if r["name"] == NAME)
+    assert row["format"] == "gguf-lora" and row["available"]
+    assert row["tasks"] == "emotion, polarity, sarcasm, sentiment"
+
+
+@pytest.mark.slow
+def test_better_than_the_zero_shot_base_on_sst2_test_items(data_dir):
+    """The first 120 SST-2 test sentences (llama.cpp is deterministic, so is this): the base
+    is at chance (~0.5, README); the adapter must be far above it."""
+    bench = get_benchmark("polarity", "sst2")
+    records = select_records(bench, load_dataset("sst2", "test", root=data_dir))[0][:120]
+    acc = {}
+    for name in (BASE, NAME):
+        with open_engine(name, threads=2) as engine:
+            acc[name] = evaluate_records(engine, bench, records, split="test").metrics["accuracy"]
+    assert acc[NAME] >= 0.75 and acc[NAME] >= acc[BASE] + 0.15, acc
+
+
+def test_negotiate_runs_the_fine_tuned_adapter_when_no_model_is_named(cli, tmp_path, monkeypatch):
+    monkeypatch.delenv("AFFEDGE_MODEL", raising=False)
+    assert default_model_name(chat=True) == NAME
+    assert default_model_name() == "minilm-affect-int8"  # classify's default is unchanged
+    src = tmp_path / "chat.txt"
+    src.write_text("I can't believe you did that for me, thank you so much!\n")
+    result = cli("negotiate", str(src), "--task", "emotion", "--format", "jsonl", "-q")
+    assert result.returncode == 0, result.stderr
+    record = json.loads(result.stdout.strip().splitlines()[-1])
+    assert record["model"] == NAME and record["label"] in record["probs"]
