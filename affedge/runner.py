@@ -259,7 +259,7 @@ def annotate_file(
 
     reader = InputReader(input_path, input_format, text_field, encoding, job.max_chars)
     total = scan(reader)  # every input problem surfaces here, before any model work
-    if model is None:  # negotiation needs a generative model: the fine-tuned one if shipped
+    if model is None:  # negotiation needs a generative model (DEFAULT_CHAT_MODELS)
         model = default_model_name(chat=job.command == "negotiate")
     ref = resolve_model(model)
     header: dict[str, Any] = {

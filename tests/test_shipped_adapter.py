@@ -1,7 +1,8 @@
 """The fine-tuned LoRA adapter shipped inside the package, on the built-in SmolLM2 base.
 
-It is listed with its tasks, small enough to ship, applied by llama.cpp at load, better than
-the zero-shot base on real test items, and what `negotiate` runs when no model is named.
+It is listed with its tasks, small enough to ship, applied by llama.cpp at load and better
+than the zero-shot base on real test items; `negotiate` keeps the base as its default (the
+adapter was not tuned for SANM's turns: affedge/models.py DEFAULT_CHAT_MODELS).
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from affedge.engines import open_engine
 from affedge.evaluate import evaluate_records, select_records
 from affedge.models import BUILTIN, DEFAULT_CHAT_MODELS, default_model_name
 
-NAME = DEFAULT_CHAT_MODELS[0]
-BASE = DEFAULT_CHAT_MODELS[1]
+NAME = "smollm2-affect-progressive"
+BASE = "smollm2-135m-instruct"
 
 
 @pytest.fixture(scope="module")
@@ -64,13 +65,14 @@ def test_better_than_the_zero_shot_base_on_sst2_test_items(data_dir):
     assert acc[NAME] >= 0.75 and acc[NAME] >= acc[BASE] + 0.15, acc
 
 
-def test_negotiate_runs_the_fine_tuned_adapter_when_no_model_is_named(cli, tmp_path, monkeypatch):
+def test_negotiate_keeps_the_base_and_runs_the_adapter_when_named(cli, tmp_path, monkeypatch):
     monkeypatch.delenv("AFFEDGE_MODEL", raising=False)
-    assert default_model_name(chat=True) == NAME
+    assert default_model_name(chat=True) == BASE == DEFAULT_CHAT_MODELS[0]
     assert default_model_name() == "minilm-affect-int8"  # classify's default is unchanged
     src = tmp_path / "chat.txt"
     src.write_text("I can't believe you did that for me, thank you so much!\n")
-    result = cli("negotiate", str(src), "--task", "emotion", "--format", "jsonl", "-q")
-    assert result.returncode == 0, result.stderr
-    record = json.loads(result.stdout.strip().splitlines()[-1])
-    assert record["model"] == NAME and record["label"] in record["probs"]
+    for args, name in (((), BASE), (("-m", NAME), NAME)):
+        result = cli("negotiate", str(src), "--task", "emotion", "--format", "jsonl", "-q", *args)
+        assert result.returncode == 0, result.stderr
+        record = json.loads(result.stdout.strip().splitlines()[-1])
+        assert record["model"] == name and record["label"] in record["probs"]
