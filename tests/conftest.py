@@ -110,3 +110,29 @@ def tiny_llama(smollm2_hf, tmp_path_factory) -> Path:
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> Path:
+    """A tiny random BERT (2 layers, hidden 32) with the shipped encoder base's tokenizer:
+    encoder training code paths in seconds."""
+    import shutil
+
+    torch = pytest.importorskip("torch")
+    from transformers import BertConfig, BertModel
+
+    from affedge.train.encoder_model import default_base
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    config = BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
+    torch.manual_seed(0)
+    BertModel(config, add_pooling_layer=False).save_pretrained(folder)
+    shutil.copy(default_base() / "tokenizer.json", folder / "tokenizer.json")
+    return folder

@@ -141,31 +141,17 @@ def test_multitask_objective_slices_add_up_to_the_global_step(llm, tawl, dawl, g
     )
 
 
-def test_encoder_slices_add_up_to_the_global_step(data_dir, tmp_path):
+def test_encoder_slices_add_up_to_the_global_step(data_dir, tiny_bert):
     import random
-    import shutil
-
-    from transformers import BertConfig, BertModel
 
     from affedge.encoding import EncoderTokenizer
     from affedge.tasks import HEADS
     from affedge.train.encoder import EncoderConfig, MixedSampler, _step_loss, _tensors
     from affedge.train.encoder_data import build_examples as encoder_examples
-    from affedge.train.encoder_model import default_base, load_encoder
+    from affedge.train.encoder_model import load_encoder
     from affedge.train.losses import TaskWeights
 
-    config = BertConfig(
-        vocab_size=30522,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-    )
-    torch.manual_seed(0)
-    BertModel(config, add_pooling_layer=False).save_pretrained(tmp_path)
-    shutil.copy(default_base() / "tokenizer.json", tmp_path / "tokenizer.json")
-    model, _ = load_encoder(tmp_path)
+    model, _ = load_encoder(tiny_bert)
     model.eval()  # no dropout: the slices must reproduce the one-process loss exactly
     cfg = EncoderConfig(max_length=48, pad_chunk=0)
     weights = TaskWeights(list(HEADS))
@@ -175,7 +161,7 @@ def test_encoder_slices_add_up_to_the_global_step(data_dir, tmp_path):
         "validation", data_dir, ["sst2", "tweet_eval_irony", "semeval2018_v_reg"]
     )
     batch = MixedSampler(sources, 0.5, random.Random(1)).batch(9)
-    tok = EncoderTokenizer(tmp_path / "tokenizer.json", 48)
+    tok = EncoderTokenizer(tiny_bert / "tokenizer.json", 48)
     modules = [model, weights]
 
     def loss_of(part, whole=None):

