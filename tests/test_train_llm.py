@@ -269,6 +269,33 @@ def test_switching_awl_off_gives_the_plain_mean():
     assert total.item() == pytest.approx((2.0 + 2.0) / 2)
 
 
+def test_score_digit_learns_a_distribution_whose_expected_digit_is_the_value():
+    """Two answer positions per example (digit, end of turn) over a 12-token vocabulary whose
+    tokens 2..11 are the digits. Minimising the soft-score loss drives the digit distribution
+    to expected digit 4.3, while a classification example and the end-of-turn tokens keep
+    their one-hot targets."""
+    digits = list(range(2, 12))
+    objective = Objective(["v"], hidden=4, tawl=False, dawl=False, gamma=0.0, digit_ids=digits)
+    logits = torch.zeros(4, 12, requires_grad=True)
+    targets = torch.tensor([digits[4], 0, 1, 0])  # example 0: "4" + eot; example 1: label 1 + eot
+    rows = torch.tensor([0, 0, 1, 1])
+    opt = torch.optim.Adam([logits], lr=0.1)
+    for _ in range(400):
+        opt.zero_grad()
+        objective.example_losses(logits, targets, rows, 2, [4.3, None]).sum().backward()
+        opt.step()
+    probs = logits.detach().softmax(-1)
+    expected = sum(d * probs[0, tok] for d, tok in enumerate(digits))
+    assert float(expected) == pytest.approx(4.3, abs=0.02)
+    assert float(probs[0, digits[4]]) == pytest.approx(0.7, abs=0.02)
+    assert float(probs[1, 0]) > 0.99 and float(probs[2, 1]) > 0.99 and float(probs[3, 0]) > 0.99
+    # Without digit ids (--no-soft-scores) the target is the rounded digit, one-hot.
+    plain = Objective(["v"], hidden=4, tawl=False, dawl=False, gamma=0.0)
+    hard = plain.example_losses(probs.log(), targets, rows, 2, [4.3, None])
+    one_hot = -(probs[0, digits[4]].log() + probs[1, 0].log()) / 2
+    assert float(hard[0]) == pytest.approx(float(one_hot), rel=1e-5)
+
+
 def test_answer_position_loss_equals_the_models_own_loss(tiny_llama, fmt, data_dir):
     from affedge.train.sft_data import collate
 
@@ -426,6 +453,25 @@ def test_progressive_three_stages_end_to_end(tiny_llama, data_dir, tmp_path):
     assert not torch.equal(got[name], base_sd[name])
     for key in want:
         assert torch.allclose(got[key], want[key], atol=1e-6), key
+    # The report scores the base, the chain rebuilt as the trainer built it after sa and erc,
+    # and the saved model itself after the last stage.
+    from affedge.bench.train_report import report
+
+    rep = report(out, 3, 13, str(data_dir), CPU)
+    assert list(rep["results"]) == ["base", "sa", "erc", "sd"]
+    assert set(rep["results"]["sd"]) == {"polarity/sst2", "emotion/meld", "sarcasm/mustard"}
+    assert all(r["n"] == 3 for r in rep["results"]["sd"].values())
+    assert rep["rebuilt_vs_saved_max_abs_diff"] < 1e-5
+    assert rep["quantization"] == "none"
+    # The forgetting table lays out what the run recorded after each stage.
+    from affedge.bench import forgetting_report
+
+    forgetting_report.main([str(out), "--out", str(tmp_path / "forgetting")])
+    table = json.loads((tmp_path / "forgetting.json").read_text())["runs"][0]
+    assert {r["source"] for r in table["rows"]} == set(on_disk["forgetting"])
+    row = next(r for r in table["rows"] if r["source"] == "polarity/sst2")
+    assert row["within_goal"] == (on_disk["forgetting"]["polarity/sst2"]["drop"] <= 0.02)
+    assert "| polarity/sst2 | accuracy |" in (tmp_path / "forgetting.md").read_text()
 
 
 def test_resume_after_interruption_gives_the_same_adapter(tiny_llama, data_dir, tmp_path):
@@ -471,6 +517,7 @@ def test_multitask_run_with_generated_auxiliary_tasks(tiny_llama, data_dir, tmp_
         lr=1e-2,
         focal_gamma=2.0,
         log_every=2,
+        aux_limit=3,
     )
     out = tmp_path / "mt"
     manifest = train_multitask(cfg, out, log=lambda _: None)
@@ -492,6 +539,7 @@ def test_multitask_run_with_generated_auxiliary_tasks(tiny_llama, data_dir, tmp_
     assert set(weights) == set(manifest["training"]["examples"])
     assert any(abs(w - 1.0) > 1e-3 for w in weights.values())  # T-AWL moved
     assert manifest["validation"]["valence/emobank"]["metric"] == "pearson"
+    assert manifest["hyperparameters"]["soft_scores"] is True
     AutoModelForCausalLM.from_pretrained(out)
     # The generated targets are on disk, keyed by teacher file and prompt: a new run reads
     # them instead of generating again.

@@ -18,6 +18,12 @@ data size to the power ``alpha``), so the weighting acts within a step:
   hidden state at the answer position by a zero-initialised linear head.
 * focal loss (``--focal-gamma``) on the answer tokens.
 
+Intensities (``--soft-scores``, on by default): the runtime reads a score as the expected
+digit under the model's 0-9 distribution, so the digit token is trained towards the two-hot
+distribution on the digits either side of the exact value (4.3 -> 0.7 on "4", 0.3 on "5"),
+whose expected digit *is* the value. Training on the rounded digit alone teaches a peak that
+throws away up to half a step of every label and rewards nothing for being near.
+
 The weights are logged in the history and the manifest; the extra heads are not part of
 the exported model.
 """
@@ -108,10 +114,18 @@ class MultitaskConfig(LLMConfig):
     focal_gamma: float = field(
         default=0.0, metadata=option("Focal loss gamma; 0 turns focal loss off.", min=0.0)
     )
+    soft_scores: bool = field(
+        default=True,
+        metadata=option("Score digits learn a two-hot target whose expected digit is the value."),
+    )
     aux: bool = field(default=True, metadata=option("LLM-generated aspect/opinion tasks."))
     aux_model: str | None = field(
         default=None,
         metadata=option(f"GGUF teacher for the auxiliary targets (default: {DEFAULT_BASE})."),
+    )
+    aux_limit: int = field(
+        default=300,
+        metadata=option("Implicit items per dataset that get aspect/opinion targets.", min=0),
     )
     aux_lr: float = field(
         default=1e-2, metadata=option("Learning rate of the T-AWL and D-AWL weights.", min=0.0)
@@ -221,8 +235,17 @@ def aux_examples(
 class Objective(nn.Module):
     """Per-example answer losses combined with T-AWL / D-AWL (each switchable)."""
 
-    def __init__(self, tasks: list[str], hidden: int, tawl: bool, dawl: bool, gamma: float) -> None:
+    def __init__(
+        self,
+        tasks: list[str],
+        hidden: int,
+        tawl: bool,
+        dawl: bool,
+        gamma: float,
+        digit_ids: list[int] | None = None,
+    ) -> None:
         super().__init__()
+        self.digit_ids = digit_ids  # the 0-9 tokens: score examples get two-hot targets
         self.task_weights = TaskWeights(tasks, enabled=tawl)
         self.dawl = dawl
         self.gamma = gamma
@@ -232,12 +255,31 @@ class Objective(nn.Module):
         self.confidence.requires_grad_(dawl)
 
     def example_losses(
-        self, logits: torch.Tensor, targets: torch.Tensor, rows: torch.Tensor, n: int
+        self,
+        logits: torch.Tensor,
+        targets: torch.Tensor,
+        rows: torch.Tensor,
+        n: int,
+        scores: list[float | None] | None = None,
     ) -> torch.Tensor:
         """Mean (focal) cross-entropy over each example's answer tokens; ``logits`` and
-        ``targets`` are the answer positions of the batch, ``rows`` their example index."""
+        ``targets`` are the answer positions of the batch, ``rows`` their example index.
+        ``scores`` (per example, 0-9 scale or None): with ``digit_ids``, that example's first
+        answer token (the digit) gets the two-hot target around the exact value."""
         target = torch.zeros_like(logits)
         target[torch.arange(len(targets)), targets] = 1.0
+        if self.digit_ids is not None and scores is not None:
+            first = torch.ones_like(rows, dtype=torch.bool)
+            first[1:] = rows[1:] != rows[:-1]  # rows come sorted: nonzero() is row-major
+            for pos in first.nonzero().flatten().tolist():
+                value = scores[int(rows[pos])]
+                if value is None:
+                    continue
+                low = min(int(value), 8)
+                upper = min(max(value - low, 0.0), 1.0)
+                target[pos] = 0.0
+                target[pos, self.digit_ids[low]] = 1.0 - upper
+                target[pos, self.digit_ids[low + 1]] += upper
         token_loss = focal_cross_entropy(logits, target, self.gamma)
         total = torch.zeros(n, dtype=token_loss.dtype, device=logits.device)
         count = torch.zeros(n, dtype=token_loss.dtype, device=logits.device)
@@ -289,7 +331,8 @@ class Objective(nn.Module):
         """The batch's combined loss; with ``whole`` (the global batch), this slice's
         contribution to it (see :meth:`combine`)."""
         logits, targets, rows, hidden_all = answer_logits(model, batch)
-        losses = self.example_losses(logits, targets, rows, len(examples))
+        scores = [ex.meta.get("score") for ex in examples]
+        losses = self.example_losses(logits, targets, rows, len(examples), scores)
         hidden = None
         if self.dawl:
             # The state that predicts the first answer token stands for the example.
@@ -355,11 +398,14 @@ def train_multitask(
         teacher_file = teacher_path or resolve_base(DEFAULT_BASE)
         if not is_gguf(teacher_file):
             raise AffedgeError(f"--aux-model {teacher_file}: must be a GGUF file (runtime engine)")
+        # MT-ISA's auxiliary tasks are for the implicit items (the benchmark's `where`).
         records = [
             r
             for sd in sources
             if sd.source.bench.task == AUX_PARENT
-            for r in load_records(sd.source, "train", cfg.limit, cfg.seed, cfg.data_dir)
+            for r in load_records(
+                sd.source, "train", cfg.aux_limit, cfg.seed, cfg.data_dir, where=True
+            )
         ]
         log(f"auxiliary aspect/opinion targets for {len(records)} records from {teacher_file.name}")
         with dist.main_first():  # the main process generates and caches; the others read
@@ -385,8 +431,13 @@ def train_multitask(
         }
 
     task_names = sorted(pools)
+    digit_ids = None
+    if cfg.soft_scores:
+        digit_ids = [fmt.prompts.target(str(d), 1)[0] for d in range(10)]
+        if len(set(digit_ids)) != 10:
+            raise AffedgeError("--soft-scores: digits 0-9 are not distinct tokens in this model")
     objective = Objective(
-        task_names, model.config.hidden_size, cfg.tawl, cfg.dawl, cfg.focal_gamma
+        task_names, model.config.hidden_size, cfg.tawl, cfg.dawl, cfg.focal_gamma, digit_ids
     ).to(device)
     n_examples = sum(len(v) for v in pools.values())
     steps = steps_for(cfg, n_examples)

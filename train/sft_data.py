@@ -10,7 +10,9 @@ only when the model asks for it and the template did not render one, and a body 
 
 The answer is the label text followed by the end-of-turn token; the loss covers the answer
 only (``labels`` are -100 everywhere else). Score tasks answer with the digit
-``round(score * 9)`` of the value mapped to [0, 1].
+``round(score * 9)`` of the value mapped to [0, 1]; their example also keeps the exact value
+on the 0-9 scale (``meta["score"]``), for a loss that targets it rather than the rounded digit
+(train/multitask.py).
 
 A :class:`Source` ties a dataset to the registry task and label set it is trained and
 evaluated with (the registry's :data:`~affedge.tasks.BENCHMARKS` entry).
@@ -298,17 +300,18 @@ def build_examples(
             )
         except WindowTooSmall as exc:
             raise DataError(f"--max-length: {exc}; raise it") from None
-        out.append(
-            _example(
-                built.head,
-                built.item,
-                target,
-                built.truncated,
-                source.bench.task,
-                source.key,
-                rec.id,
-            )
+        example = _example(
+            built.head,
+            built.item,
+            target,
+            built.truncated,
+            source.bench.task,
+            source.key,
+            rec.id,
         )
+        if isinstance(value, float):
+            example.meta["score"] = value * 9
+        out.append(example)
     return out, answers
 
 
