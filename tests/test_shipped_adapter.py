@@ -1,8 +1,8 @@
-"""The fine-tuned LoRA adapter shipped inside the package, on the built-in SmolLM2 base.
+"""The fine-tuned LoRA adapters shipped inside the package, on the built-in SmolLM2 base.
 
-It is listed with its tasks, small enough to ship, applied by llama.cpp at load and better
+Each is listed with its tasks, small enough to ship, applied by llama.cpp at load and better
 than the zero-shot base on real test items; `negotiate` keeps the base as its default (the
-adapter was not tuned for SANM's turns: affedge/models.py DEFAULT_CHAT_MODELS).
+adapters were not tuned for SANM's turns: affedge/models.py DEFAULT_CHAT_MODELS).
 """
 
 from __future__ import annotations
@@ -22,38 +22,48 @@ from affedge.models import BUILTIN, DEFAULT_CHAT_MODELS, default_model_name
 
 NAME = "smollm2-affect-progressive"
 BASE = "smollm2-135m-instruct"
+#: adapter -> (the tasks it answers, the run's adapter folders it was written from)
+SHIPPED = {
+    NAME: (
+        {"emotion", "polarity", "sarcasm", "sentiment"},
+        ["stages/sa", "stages/erc", "stages/sd"],
+    ),
+}
 
 
-@pytest.fixture(scope="module")
-def shipped():
-    model = next((m for m in BUILTIN if m.name == NAME), None)
+def locate(name: str):
+    model = next((m for m in BUILTIN if m.name == name), None)
     assert model is not None and model.kind == ArtifactKind.LLM_GGUF_LORA
     folder = model.locate()
-    assert folder is not None, f"the {NAME} adapter is missing from affedge/assets"
+    assert folder is not None, f"the {name} adapter is missing from affedge/assets"
     return folder
 
 
-def test_manifest_names_its_base_tasks_and_verification(shipped):
+@pytest.mark.parametrize("name", SHIPPED)
+def test_manifest_names_its_base_tasks_and_verification(name):
+    shipped = locate(name)
+    tasks, parts = SHIPPED[name]
     manifest = json.loads((shipped / "affedge.json").read_text())
     assert manifest["kind"] == "affedge-llm-gguf-lora" and manifest["base"] == BASE
-    assert set(manifest["tasks"]) >= {"polarity", "sentiment", "emotion", "sarcasm"}
+    assert set(manifest["tasks"]) == tasks
     adapter = shipped / manifest["file"]
     assert adapter.stat().st_size <= 25 * 2**20
-    assert manifest["adapter"]["parts"] == ["stages/sa", "stages/erc", "stages/sd"]
+    assert manifest["adapter"]["parts"] == parts
     report = manifest["verification"]  # adapter on the base vs the trained model in torch
     assert report["agreement"] >= report["floor"] >= 0.9 and report["n"] >= 300
 
 
-def test_listed_with_its_tasks(cli):
+def test_listed_with_their_tasks(cli):
     result = cli("models", "list", "--json")
     assert result.returncode == 0, result.stderr
-    row = next(r for r in json.loads(result.stdout) if r["name"] == NAME)
-    assert row["format"] == "gguf-lora" and row["available"]
-    assert row["tasks"] == "emotion, polarity, sarcasm, sentiment"
+    rows = {r["name"]: r for r in json.loads(result.stdout)}
+    for name, (tasks, _) in SHIPPED.items():
+        assert rows[name]["format"] == "gguf-lora" and rows[name]["available"]
+        assert rows[name]["tasks"] == ", ".join(sorted(tasks))
 
 
 @pytest.mark.slow
-def test_better_than_the_zero_shot_base_on_sst2_test_items(data_dir):
+def test_progressive_beats_the_zero_shot_base_on_sst2_test_items(data_dir):
     """The first 120 SST-2 test sentences (llama.cpp is deterministic, so is this): the base
     is at chance (~0.5, README); the adapter must be far above it."""
     bench = get_benchmark("polarity", "sst2")

@@ -540,6 +540,11 @@ def test_multitask_run_with_generated_auxiliary_tasks(tiny_llama, data_dir, tmp_
     assert any(abs(w - 1.0) > 1e-3 for w in weights.values())  # T-AWL moved
     assert manifest["validation"]["valence/emobank"]["metric"] == "pearson"
     assert manifest["hyperparameters"]["soft_scores"] is True
+    from affedge.bench import multitask_report
+
+    multitask_report.main([str(out), "--out", str(tmp_path / "mt-report")])
+    table = (tmp_path / "mt-report.md").read_text()
+    assert "| valence/emobank | pearson |" in table and "| tawl | True |" in table
     AutoModelForCausalLM.from_pretrained(out)
     # The generated targets are on disk, keyed by teacher file and prompt: a new run reads
     # them instead of generating again.

@@ -90,8 +90,12 @@ def load_base(path: Path, quant: str, device: torch.device) -> tuple[Any, Any]:
         model, tok = load_causal_lm(
             folder, quantize_4bit=True, compute_dtype=compute_dtype(device), device_map=device_map
         )
+        # Non-reentrant checkpointing: torch warns the reentrant default will raise, and
+        # the non-reentrant variant works with inputs that do not require grad (LoRA).
         model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=device.type == "cuda"
+            model,
+            use_gradient_checkpointing=device.type == "cuda",
+            gradient_checkpointing_kwargs={"use_reentrant": False},
         )
     else:
         model, tok = load_causal_lm(folder)
