@@ -50,11 +50,18 @@ def test_kills_at_every_stage_then_resume_gives_the_same_bytes(tmp_path: Path) -
 def test_two_resumes_half_a_second_apart_one_is_refused(tmp_path: Path) -> None:
     """The case from issue 15: two `--resume` runs of one interrupted output used to both
     run (duplicated records, then a traceback)."""
-    h = Harness(tmp_path, seed=5, lines=300, log=print)
-    scn = scenarios(DEFAULT)
-    h.lock_trial(scn["classify"])
+    # The killed run may already have written every record before the kill landed; then both
+    # resumes only find a finished output (exits 0, 0, nothing to lock). That race says
+    # nothing about the lock, so such an attempt is repeated (up to 3 times, fresh folders).
+    for attempt in range(3):
+        work = tmp_path / f"attempt{attempt}"
+        work.mkdir()
+        h = Harness(work, seed=5 + attempt, lines=300, log=print)
+        h.lock_trial(scenarios(DEFAULT)["classify"])
+        (trial,) = h.trials
+        if sorted(trial["exits"]) != [0, 0]:
+            break
     assert h.failures == [], h.failures
-    (trial,) = h.trials
     assert sorted(trial["exits"]) == [0, 2], trial
     assert "another affedge run is writing this output" in trial["refusal"], trial
 
