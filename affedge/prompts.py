@@ -175,6 +175,16 @@ LABEL_STATEMENTS: dict[str, str] = {
     "not ironic": "means what it says",
 }
 
+#: The valence an emotion label carries, for the deduction SANM's roles are trained to write
+#: (train/sanm_data.py) when the data has no sentiment annotation of its own (MELD has one).
+#: Surprise carries none on its own (MELD annotates it both ways).
+LABEL_VALENCE: dict[str, str] = {
+    **dict.fromkeys(("joy", "joyful", "peaceful", "powerful", "happiness"), "positive"),
+    **dict.fromkeys(("anger", "sadness", "disgust", "fear", "scared", "mad", "sad"), "negative"),
+    "neutral": "neutral",
+    "surprise": "mixed",
+}
+
 VERDICTS: tuple[str, ...] = ("agree", "disagree")
 DEDUCTION_CUE = "Deduction:"
 LABEL_CUE = "\nLabel:"

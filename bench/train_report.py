@@ -48,16 +48,17 @@ from affedge.train.lora import (
     merge,
     save_model,
 )
-from affedge.train.progressive import STAGES
+from affedge.train.progressive import ROLE_STAGES, STAGES
 from affedge.train.sft_data import ChatFormat, find_source, load_records
 
 #: stage -> (dataset, level) of the benchmark the GSA paper reports for the stage: the
-#: benchmark table's ``train_report`` row at the stage's level.
+#: benchmark table's ``train_report`` row at the stage's level (the negotiation-roles stage
+#: has none of its own: bench/negotiate_eval.py judges it).
 HEADLINE: dict[str, tuple[str, str]] = {
     stage: (b.dataset, level)
     for stage, level in STAGES.items()
     for b in report_targets("train_report")
-    if TASKS[b.task].level == level
+    if TASKS[b.task].level == level and stage not in ROLE_STAGES
 }
 
 

@@ -86,6 +86,61 @@ def test_training_prompt_tokens_equal_what_the_gguf_runtime_feeds(fmt, engine, d
     assert fmt.prompts.conversation(chat) == engine.prompts.conversation(chat)
 
 
+def test_negotiation_role_examples_are_the_runtime_conversation(fmt, engine, data_dir):
+    """A SANM role example is, token for token, the conversation the runtime's negotiation
+    grows in the KV cache when the model writes the trained deduction and proposals; the
+    loss covers exactly the deductions, the gold proposals, the verdicts and the empty reason."""
+    from affedge.negotiate import DEDUCTION_TOKENS
+    from affedge.prompts import (
+        DEDUCTION_CUE,
+        LABEL_CUE,
+        REASON_CUE,
+        discriminator_turn,
+        generator_messages,
+        item_body,
+        regenerate_turn,
+    )
+    from affedge.train.sanm_data import deduction_target, role_example
+
+    source = find_source("meld", level="ERC")
+    rec = load_dataset("meld", "validation", root=data_dir, limit=2)[1]
+    answer = rec.labels[source.bench.layer]
+    wrong = next(lab for lab in source.labels if lab != answer)
+    deduction = deduction_target(rec, answer)
+    assert deduction == f"{rec.speaker} sounds {rec.labels['sentiment']}."  # MELD's own
+    assert deduction_target(Record("y", "x"), "sad") == "The speaker sounds negative."
+    assert len(fmt.tokens(deduction, special=False)) < DEDUCTION_TOKENS
+    agree = role_example(fmt, source, rec, None, 2048)
+    disagree = role_example(fmt, source, rec, wrong, 2048)
+
+    def runtime(rounds: list[str]) -> list[int]:
+        chat = engine.chat(
+            generator_messages(source.task, source.labels), item_body(source.task, rec)
+        )
+        for i, proposal in enumerate(rounds):
+            if i:
+                chat.add("disagree" + REASON_CUE + " ")
+                chat.user_turn(regenerate_turn(rounds[i - 1], ""))
+            chat.add(DEDUCTION_CUE + " ")
+            chat.add(deduction)
+            chat.add(LABEL_CUE + " ")
+            chat.add(proposal)
+            chat.user_turn(discriminator_turn(proposal))
+        return chat.ids
+
+    verdict = engine.tokenizer.tokens("agree", special=False)
+    assert agree.input_ids == runtime([answer]) + verdict
+    assert disagree.input_ids == runtime([wrong, answer]) + verdict
+    trained = [t for t in agree.labels if t != IGNORE]
+    ded = fmt.tokens(deduction, special=False)
+    newline = fmt.tokens(LABEL_CUE + " ", special=False)[:1]
+    assert trained == ded + newline + fmt.tokens(answer, special=False) + verdict
+    trained = [t for t in disagree.labels if t != IGNORE]
+    gold_round = ded + newline + fmt.tokens(answer, special=False) + verdict
+    no = fmt.tokens("disagree", special=False)
+    assert trained == ded + newline + no + [fmt.eot_id] + gold_round  # no loss on `wrong`
+
+
 def test_torch_scorer_batches_equal_single_items(tiny_llama, fmt):
     """Left padding and the cached continuation of multi-token answers change nothing: a
     batch scores each prompt as it scores alone, and as one teacher-forced pass does."""
@@ -386,17 +441,18 @@ def test_rehearsal_draws_its_share_evenly_from_earlier_sources():
     ]
 
 
-def test_progressive_three_stages_end_to_end(tiny_llama, data_dir, tmp_path):
+def test_progressive_four_stages_end_to_end(tiny_llama, data_dir, tmp_path):
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     out = tmp_path / "prog"
-    cfg = _progressive_cfg(tiny_llama, data_dir, lr={"sa": 1e-2, "erc": 1e-2, "sd": 1e-2})
+    lr = {"sa": 1e-2, "erc": 1e-2, "sd": 1e-2, "sanm": 1e-2}
+    cfg = _progressive_cfg(tiny_llama, data_dir, lr=lr, sanm_limit=6)
     manifest = train_progressive(cfg, out, log=lambda _: None)
     on_disk = json.loads((out / "affedge.json").read_text())
     assert on_disk == json.loads(json.dumps(manifest))
     assert on_disk["kind"] == "affedge-llm" and on_disk["method"] == "progressive"
-    assert [s["stage"] for s in on_disk["stages"]] == ["sa", "erc", "sd"]
+    assert [s["stage"] for s in on_disk["stages"]] == ["sa", "erc", "sd", "sanm"]
     assert on_disk["tasks"] == ["emotion", "polarity", "sarcasm", "sentiment"]
     assert on_disk["labels"]["polarity"] == ["positive", "negative"]
     assert {d["dataset"] for d in on_disk["data"]} == {
@@ -410,19 +466,16 @@ def test_progressive_three_stages_end_to_end(tiny_llama, data_dir, tmp_path):
         "tweet_eval_irony",
     }
     assert all(len(d["sha256"]) == 64 and d["n"] == 6 for d in on_disk["data"])
-    assert set(on_disk["validation"]["sd"]) == {
-        f"{d['task']}/{d['dataset']}" for d in on_disk["data"]
-    }
-    assert set(on_disk["forgetting"]) == {
-        "polarity/sst2",
-        "sentiment/tweet_eval_sentiment",
-        "emotion/meld",
-        "emotion/emorynlp",
-        "emotion/dailydialog",
-    }
-    assert on_disk["hyperparameters"]["lr"] == {"sa": 1e-2, "erc": 1e-2, "sd": 1e-2}
-    # Rehearsal: later stages mix in earlier stages' examples (25% of their examples).
-    assert [s["replayed"] for s in on_disk["stages"]] == [0, 6, 6]
+    roles = [d for d in on_disk["data"] if d["task"] == "emotion:sanm"]
+    assert [d["dataset"] for d in roles] == ["meld", "emorynlp", "dailydialog"]
+    classify = {f"{d['task']}/{d['dataset']}" for d in on_disk["data"] if d not in roles}
+    # The roles stage is judged through the runtime; validation checks every earlier stage.
+    assert set(on_disk["validation"]["sanm"]) == classify
+    assert set(on_disk["forgetting"]) == classify
+    assert on_disk["hyperparameters"]["lr"] == lr
+    # Rehearsal: later stages mix in earlier stages' examples (25% of their examples; half
+    # of the roles stage's).
+    assert [s["replayed"] for s in on_disk["stages"]] == [0, 6, 6, 18]
     assert on_disk["hyperparameters"]["replay"] == 0.25
     assert on_disk["quantization"] == "none" and on_disk["architecture"] == "llama"
 
@@ -432,7 +485,7 @@ def test_progressive_three_stages_end_to_end(tiny_llama, data_dir, tmp_path):
     from peft import LoraConfig, get_peft_model
 
     chain, _ = load_base(tiny_llama, "none", CPU)
-    for stage in ("sa", "erc", "sd"):
+    for stage in ("sa", "erc", "sd", "sanm"):
         conf = json.loads((out / "stages" / stage / "adapter_config.json").read_text())
         peft_model = get_peft_model(
             chain,
@@ -458,9 +511,9 @@ def test_progressive_three_stages_end_to_end(tiny_llama, data_dir, tmp_path):
     from affedge.bench.train_report import report
 
     rep = report(out, 3, 13, str(data_dir), CPU)
-    assert list(rep["results"]) == ["base", "sa", "erc", "sd"]
-    assert set(rep["results"]["sd"]) == {"polarity/sst2", "emotion/meld", "sarcasm/mustard"}
-    assert all(r["n"] == 3 for r in rep["results"]["sd"].values())
+    assert list(rep["results"]) == ["base", "sa", "erc", "sd", "sanm"]
+    assert set(rep["results"]["sanm"]) == {"polarity/sst2", "emotion/meld", "sarcasm/mustard"}
+    assert all(r["n"] == 3 for r in rep["results"]["sanm"].values())
     assert rep["rebuilt_vs_saved_max_abs_diff"] < 1e-5
     assert rep["quantization"] == "none"
     # The forgetting table lays out what the run recorded after each stage.

@@ -204,7 +204,7 @@ class GGUFEngine(DecoderEngine):
         self._ensure_head(head)
         item, truncated = self.prompts.fit(head, suffix, body, self.n_ctx, CHAT_RESERVE)
         logits = self._decode(item, len(head), all_logits=False)[-1]
-        return ChatState(self, len(head) + len(item), logits, truncated)
+        return ChatState(self, [*head, *item], logits, truncated)
 
     def close(self) -> None:
         batcher = getattr(self, "_batcher", None)
@@ -225,11 +225,19 @@ class ChatState:
     from the model is tokenized without special tokens; only template glue is parsed.
     """
 
-    def __init__(self, engine: GGUFEngine, pos: int, logits: np.ndarray, truncated: bool):
+    def __init__(
+        self, engine: GGUFEngine, ids: list[int], logits: np.ndarray, truncated: bool
+    ) -> None:
         self.engine = engine
-        self.pos = pos
+        #: Every token of the conversation so far (what the KV cache holds); training builds
+        #: the same sequence (train/sanm_data.py).
+        self.ids = ids
         self.logits = logits
         self.truncated = truncated
+
+    @property
+    def pos(self) -> int:
+        return len(self.ids)
 
     def _append(self, tokens: Sequence[int]) -> None:
         if not tokens:
@@ -237,7 +245,7 @@ class ChatState:
         if self.pos + len(tokens) >= self.engine.n_ctx:
             raise ModelError(f"{self.engine.path}: the conversation outgrew the context window")
         self.logits = self.engine._decode(tokens, self.pos, all_logits=False)[-1]
-        self.pos += len(tokens)
+        self.ids.extend(tokens)
 
     def add(self, text: str) -> None:
         """Append ``text`` to the current turn (never parsed for special tokens)."""
