@@ -271,11 +271,12 @@ def _builtin_ref(model: BuiltinModel) -> ModelRef:
 
 
 #: What a generative-only command (``negotiate``) runs when no model is named: the first of
-#: these that is installed. Not the shipped progressive adapter: it was tuned on label answers
-#: only, and SANM's deduction and agree/disagree turns collapse on it (MELD w-F1 0.46 single
-#: pass -> 0.05 negotiated, bench/results/negotiate_eval_progressive.md), while the base keeps
-#: its single-pass quality under negotiation.
-DEFAULT_CHAT_MODELS = ("smollm2-135m-instruct",)
+#: these that is installed. ``smollm2-affect-negotiate`` is the progressive chain plus a stage
+#: that trained SANM's turns (train/sanm_data.py); on the 3-stage ``smollm2-affect-progressive``
+#: negotiation collapses (MELD w-F1 0.46 single pass -> 0.05, its discriminator rejects almost
+#: every proposal). Numbers: bench/results/negotiate_eval_negotiate.md. The zero-shot base is
+#: the fallback.
+DEFAULT_CHAT_MODELS = ("smollm2-affect-negotiate", "smollm2-135m-instruct")
 
 
 def default_model_name(chat: bool = False) -> str:

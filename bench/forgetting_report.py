@@ -46,6 +46,7 @@ def run_rows(run: Path) -> dict[str, Any]:
     return {
         "run": str(run),
         "replay": hp.get("replay"),
+        "sanm_replay": hp.get("sanm_replay") if "sanm" in stages else None,
         "stages": stages,
         "eval_limit": hp.get("eval_limit"),
         "rows": rows,
@@ -65,8 +66,9 @@ def markdown(report: dict[str, Any]) -> str:
     for run in report["runs"]:
         stages = run["stages"]
         lines += [
-            f"## {Path(run['run']).name}: replay {run['replay']} "
-            f"(n={run['eval_limit']} per dataset)",
+            f"## {Path(run['run']).name}: replay {run['replay']}"
+            + (f", roles stage {run['sanm_replay']}" if run.get("sanm_replay") is not None else "")
+            + f" (n={run['eval_limit']} per dataset)",
             "",
             "| dataset | metric | " + " | ".join(f"after {s}" for s in stages) + " | drop | goal |",
             "|---|---|" + "---:|" * len(stages) + "---:|---|",

@@ -1,8 +1,9 @@
 """The fine-tuned LoRA adapters shipped inside the package, on the built-in SmolLM2 base.
 
 Each is listed with its tasks, small enough to ship, applied by llama.cpp at load and better
-than the zero-shot base on real test items; `negotiate` keeps the base as its default (the
-adapters were not tuned for SANM's turns: affedge/models.py DEFAULT_CHAT_MODELS).
+than the zero-shot base on real test items; the negotiate adapter (the progressive chain plus a
+stage that trained SANM's turns) is what `negotiate` runs when no model is named
+(affedge/models.py DEFAULT_CHAT_MODELS).
 """
 
 from __future__ import annotations
@@ -21,12 +22,17 @@ from affedge.evaluate import evaluate_records, select_records
 from affedge.models import BUILTIN, DEFAULT_CHAT_MODELS, default_model_name
 
 NAME = "smollm2-affect-progressive"
+NEGOTIATE = "smollm2-affect-negotiate"
 BASE = "smollm2-135m-instruct"
 #: adapter -> (the tasks it answers, the run's adapter folders it was written from)
 SHIPPED = {
     NAME: (
         {"emotion", "polarity", "sarcasm", "sentiment"},
         ["stages/sa", "stages/erc", "stages/sd"],
+    ),
+    NEGOTIATE: (
+        {"emotion", "polarity", "sarcasm", "sentiment"},
+        ["stages/sa", "stages/erc", "stages/sd", "stages/sanm"],
     ),
 }
 
@@ -75,13 +81,13 @@ def test_progressive_beats_the_zero_shot_base_on_sst2_test_items(data_dir):
     assert acc[NAME] >= 0.75 and acc[NAME] >= acc[BASE] + 0.15, acc
 
 
-def test_negotiate_keeps_the_base_and_runs_the_adapter_when_named(cli, tmp_path, monkeypatch):
+def test_negotiate_runs_the_adapter_by_default_and_the_base_when_named(cli, tmp_path, monkeypatch):
     monkeypatch.delenv("AFFEDGE_MODEL", raising=False)
-    assert default_model_name(chat=True) == BASE == DEFAULT_CHAT_MODELS[0]
+    assert default_model_name(chat=True) == NEGOTIATE == DEFAULT_CHAT_MODELS[0]
     assert default_model_name() == "minilm-affect-int8"  # classify's default is unchanged
     src = tmp_path / "chat.txt"
     src.write_text("I can't believe you did that for me, thank you so much!\n")
-    for args, name in (((), BASE), (("-m", NAME), NAME)):
+    for args, name in (((), NEGOTIATE), (("-m", BASE), BASE)):
         result = cli("negotiate", str(src), "--task", "emotion", "--format", "jsonl", "-q", *args)
         assert result.returncode == 0, result.stderr
         record = json.loads(result.stdout.strip().splitlines()[-1])

@@ -29,7 +29,7 @@ import random
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from affedge.errors import DataError
+from affedge.errors import AffedgeError, DataError
 from affedge.prompts import (
     DEDUCTION_CUE,
     LABEL_CUE,
@@ -43,9 +43,6 @@ from affedge.prompts import (
     regenerate_turn,
 )
 from affedge.records import Record
-
-if TYPE_CHECKING:
-    from affedge.train.llm_common import SourceData
 from affedge.train.sft_data import (
     IGNORE,
     ChatFormat,
@@ -55,6 +52,9 @@ from affedge.train.sft_data import (
     gold,
     load_records,
 )
+
+if TYPE_CHECKING:
+    from affedge.train.llm_common import SourceData
 
 
 def deduction_target(record: Record, answer: str) -> str:
@@ -183,8 +183,7 @@ def prepare_roles(fmt: ChatFormat, source: Source, cfg: Any) -> SourceData:
     """The roles stage's data for ``source``: ``cfg.sanm_limit`` seeded training records as
     role examples (``cfg`` is a :class:`~affedge.train.progressive.ProgressiveConfig`). No
     validation records: the stage is judged through the runtime (bench/negotiate_eval.py)."""
-    from affedge.errors import AffedgeError
-    from affedge.train.llm_common import SourceData
+    from affedge.train.llm_common import SourceData  # it imports torch
 
     records = load_records(source, "train", cfg.sanm_limit, cfg.seed, cfg.data_dir)
     if not records:
