@@ -12,10 +12,11 @@ rebuilt (``bench/train_report.py``) and a resumed run skips finished stages (and
 validation).
 
 After the paper's three levels, the default chain has a fourth stage, ``sanm``: the roles of
-SANM negotiation (``affedge negotiate``) on the ERC datasets (train/sanm_data.py), with the
-same rehearsal of every earlier stage. Without it the fine-tuned model collapses in the
-negotiation turns; ``--stages sa,erc,sd`` is the paper's chain. The roles stage is judged
-through the runtime (bench/negotiate_eval.py); its validation checks the earlier stages only.
+SANM negotiation (``affedge negotiate``) on the ERC datasets (train/sanm_data.py), rehearsing
+every earlier stage at its own share (``--sanm-replay``). Without it the fine-tuned model
+collapses in the negotiation turns; ``--stages sa,erc,sd`` is the paper's chain. The roles
+stage is judged through the runtime (bench/negotiate_eval.py); its validation checks the
+earlier stages only.
 """
 
 from __future__ import annotations
