@@ -551,6 +551,42 @@ def test_resume_after_interruption_gives_the_same_adapter(tiny_llama, data_dir, 
         assert torch.equal(a[key], b[key]), key
 
 
+def test_resume_adds_the_roles_stage_and_reuses_recorded_validation(
+    tiny_llama, data_dir, tmp_path, monkeypatch
+):
+    """A finished chain resumed with one more stage re-merges the finished stage, takes its
+    validation from its record instead of scoring it again, and trains only the new stage."""
+    import affedge.train.progressive as progressive
+
+    out = tmp_path / "run"
+    kw = {"eval_limit": 2, "sanm_limit": 2}
+    first = train_progressive(
+        _progressive_cfg(tiny_llama, data_dir, stages=["sa"], **kw), out, log=lambda _: None
+    )
+    scored: list[str] = []
+    real = progressive.evaluate_source
+
+    def counting(model, fmt, source, records):
+        scored.append(source.key)
+        return real(model, fmt, source, records)
+
+    monkeypatch.setattr(progressive, "evaluate_source", counting)
+    lines: list[str] = []
+    second = train_progressive(
+        _progressive_cfg(tiny_llama, data_dir, stages=["sa", "sanm"], **kw),
+        out,
+        resume=True,
+        log=lines.append,
+    )
+    assert any("stage sa: finished in an earlier run" in line for line in lines)
+    assert second["validation"]["sa"] == first["validation"]["sa"]
+    sa_keys = set(first["validation"]["sa"])
+    assert sorted(scored) == sorted(sa_keys)  # once each, after the new stage only
+    assert set(second["validation"]["sanm"]) == sa_keys
+    assert [s["stage"] for s in second["stages"]] == ["sa", "sanm"]
+    assert second["stages"][1]["examples"] > 0 and second["stages"][1]["replayed"] > 0
+
+
 def test_multitask_run_with_generated_auxiliary_tasks(tiny_llama, data_dir, tmp_path):
     from transformers import AutoModelForCausalLM
 
