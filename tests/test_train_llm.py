@@ -606,6 +606,9 @@ def test_multitask_run_with_generated_auxiliary_tasks(tiny_llama, data_dir, tmp_
         lr=1e-2,
         focal_gamma=2.0,
         log_every=2,
+        tawl=True,
+        dawl=True,
+        aux=True,
         aux_limit=3,
     )
     out = tmp_path / "mt"

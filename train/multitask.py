@@ -18,6 +18,10 @@ data size to the power ``alpha``), so the weighting acts within a step:
   hidden state at the answer position by a zero-initialised linear head.
 * focal loss (``--focal-gamma``) on the answer tokens.
 
+The paper's weighting and auxiliary tasks are switches, off by default: measured on validation
+at a CPU budget (bench/results/llm_multitask_awl.md, llm_multitask_aux.md) each made the 135M
+model worse; the auxiliary targets there came from the 135M model itself as teacher.
+
 Intensities (``--soft-scores``, on by default): the runtime reads a score as the expected
 digit under the model's 0-9 distribution, so the digit token is trained towards the two-hot
 distribution on the digits either side of the exact value (4.3 -> 0.7 on "4", 0.3 on "5"),
@@ -109,8 +113,10 @@ class MultitaskConfig(LLMConfig):
         ),
     )
     lr: float = field(default=2e-4, metadata=option("Learning rate of the LoRA.", min=0.0))
-    tawl: bool = field(default=True, metadata=option("Task-level AWL."))
-    dawl: bool = field(default=True, metadata=option("Data-level AWL."))
+    # Off by default: on SmolLM2-135M at a CPU budget each hurt validation (README, Training
+    # decoder LLMs: weighting on 10 of 10 datasets, auxiliary tasks on 7 of 10).
+    tawl: bool = field(default=False, metadata=option("Task-level AWL."))
+    dawl: bool = field(default=False, metadata=option("Data-level AWL."))
     focal_gamma: float = field(
         default=0.0, metadata=option("Focal loss gamma; 0 turns focal loss off.", min=0.0)
     )
@@ -118,7 +124,7 @@ class MultitaskConfig(LLMConfig):
         default=True,
         metadata=option("Score digits learn a two-hot target whose expected digit is the value."),
     )
-    aux: bool = field(default=True, metadata=option("LLM-generated aspect/opinion tasks."))
+    aux: bool = field(default=False, metadata=option("LLM-generated aspect/opinion tasks."))
     aux_model: str | None = field(
         default=None,
         metadata=option(f"GGUF teacher for the auxiliary targets (default: {DEFAULT_BASE})."),
