@@ -229,6 +229,29 @@ def test_merged_lora_logits_equal_base_plus_adapter(tiny_llama, fmt, data_dir):
     assert torch.allclose(after, adapted, atol=1e-5, rtol=0)  # stated tolerance: 1e-5
 
 
+def test_device_defaults_bf16_lora_and_a_gpu_batch_for_small_models(tiny_llama, monkeypatch):
+    """On CUDA a small base trains as plain (bf16) LoRA at batch 64, a big one as QLoRA; on
+    the CPU plain LoRA at batch 8. Decided from the safetensors headers, before loading."""
+    from transformers import AutoModelForCausalLM
+
+    from affedge.train import lora
+
+    cuda = torch.device("cuda")  # a device object: nothing runs on it
+    n = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(tiny_llama).parameters())
+    assert lora.count_parameters(tiny_llama) == n
+    assert lora.resolve_quant(None, cuda, tiny_llama) == "none"
+    assert lora.resolve_quant(None, CPU, tiny_llama) == "none"
+    assert lora.resolve_quant("nf4", CPU, tiny_llama) == "nf4"
+    monkeypatch.setattr(lora, "QLORA_MIN_PARAMS", n)  # the tiny model now counts as big
+    assert lora.resolve_quant(None, cuda, tiny_llama) == "nf4"
+    assert lora.resolve_quant(None, CPU, tiny_llama) == "none"
+    assert (lora.resolve_batch(None, cuda), lora.resolve_batch(None, CPU)) == (64, 8)
+    assert lora.resolve_batch(5, cuda) == 5
+    # AdamW's multi-tensor kernel on the CPU (the fused one is chosen for CUDA parameters).
+    opt = lora.make_optimizer([{"params": [torch.nn.Parameter(torch.ones(2))]}], False, 0.0)
+    assert opt.defaults["foreach"] is True and not opt.defaults["fused"]
+
+
 def test_qlora_trains_on_cpu_and_merges_into_the_dequantised_base(tiny_llama, fmt, data_dir):
     pytest.importorskip("bitsandbytes")
     import bitsandbytes as bnb

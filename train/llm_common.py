@@ -47,7 +47,10 @@ class LLMConfig:
     )
     quant: str | None = field(
         default=None,
-        metadata=option("nf4 (QLoRA) or none (LoRA) (default: nf4 on CUDA, else none)."),
+        metadata=option(
+            "nf4 (QLoRA) or none (bf16 LoRA on CUDA) (default: nf4 on CUDA for a base of 3B "
+            "parameters or more, else none)."
+        ),
     )
     rank: int = field(default=16, metadata=option("LoRA rank.", min=1))
     alpha: int = field(default=32, metadata=option("LoRA alpha (scale alpha/rank).", min=1))
@@ -59,7 +62,10 @@ class LLMConfig:
     epochs: float = field(
         default=1.0, metadata=option("Passes over the data, unless --steps is given.", min=0.01)
     )
-    batch_size: int = field(default=8, metadata=option("Examples per micro-batch.", min=1))
+    batch_size: int | None = field(
+        default=None,
+        metadata=option("Examples per micro-batch (default: 8 on the CPU, 64 on CUDA).", min=1),
+    )
     grad_accum: int = field(default=1, metadata=option("Micro-batches per step.", min=1))
     max_length: int = field(
         default=256, metadata=option("Tokens per example, prompt and answer.", min=32)
@@ -109,6 +115,8 @@ def steps_for(cfg: LLMConfig, n_examples: int) -> int:
     """``--steps`` if given, else ``--epochs`` passes over the examples."""
     if cfg.steps is not None:
         return cfg.steps
+    if cfg.batch_size is None:
+        raise ValueError("the batch size is resolved by start_llm_run before steps are derived")
     per_step = cfg.batch_size * cfg.grad_accum
     return max(1, math.ceil(cfg.epochs * n_examples / per_step))
 
@@ -284,11 +292,20 @@ def start_llm_run(
     """The run prologue the LLM recipes share (after their own ``check_config``): device and
     quantization, threads, refusing to overwrite an earlier run (``earlier``) unless resuming,
     and loading the base model."""
-    from affedge.train.lora import load_base, pick_device, resolve_quant, set_threads
+    from affedge.train.lora import (
+        load_base,
+        pick_device,
+        resolve_batch,
+        resolve_quant,
+        set_threads,
+    )
 
     device = pick_device(cfg.require_gpu)
-    quant = resolve_quant(cfg.quant, device)
     base_path = resolve_base(cfg.base)
+    quant = resolve_quant(cfg.quant, device, base_path)
+    # The device's default batch, resolved before the recipe derives its steps from it and
+    # recorded in the manifest as the batch the run used.
+    cfg.batch_size = resolve_batch(cfg.batch_size, device)
     set_threads(cfg.threads)
     if earlier and not resume:
         raise AffedgeError(f"{out} holds an earlier run: pass --resume or another --out")
