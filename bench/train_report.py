@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,18 +36,11 @@ import torch
 from affedge.artifact import Manifest
 from affedge.benchmarks import report_targets
 from affedge.tasks import TASKS
-from affedge.train.hf_base import hf_folder
-from affedge.train.llm_common import model_dtype_for_save, resolve_base
+from affedge.train.llm_common import resolve_base
 from affedge.train.llm_eval import evaluate_source
-from affedge.train.lora import (
-    LoraSettings,
-    add_lora,
-    load_adapter_state,
-    load_base,
-    merge,
-    save_model,
-)
+from affedge.train.lora import load_base
 from affedge.train.progressive import ROLE_STAGES, STAGES
+from affedge.train.rebuild import adapter_files, chain
 from affedge.train.sft_data import ChatFormat, find_source, load_records
 
 #: stage -> (dataset, level) of the benchmark the GSA paper reports for the stage: the
@@ -65,41 +57,27 @@ HEADLINE: dict[str, tuple[str, str]] = {
 def stage_models(
     run: Path, manifest: dict[str, Any], device: torch.device
 ) -> Iterator[tuple[str, Any, Any, float | None]]:
-    """Yield (label, model, tokenizer, difference): the base, the model after each stage, and
-    last the saved model with the largest weight difference between it and the rebuilt last
-    stage (None for the others)."""
-    from safetensors.torch import load_file
-
+    """Yield (label, model, tokenizer, difference): the base, the model after each stage
+    (rebuilt by train/rebuild.py's :func:`chain`, as the trainer built it), and last the saved
+    model with the largest weight difference between it and the rebuilt last stage (None for
+    the others)."""
     base = resolve_base(manifest["base_file"])
-    quant = manifest.get("quantization") or "none"
     model, tok = load_base(base, "none", device)
     yield "base", model, tok, None
-    hp = manifest["hyperparameters"]
-    settings = LoraSettings(hp["rank"], hp["alpha"], 0.0, tuple(hp["lora_targets"]))
-    stages = [info["stage"] for info in manifest["stages"]]
-    start = hf_folder(base)  # what a QLoRA stage's 4-bit model is loaded from
-    model, _ = load_base(start, quant, device)
-    with tempfile.TemporaryDirectory(prefix="affedge-train-report-") as work:
-        for index, stage in enumerate(stages):
-            peft_model = add_lora(model, settings, 0)
-            load_adapter_state(
-                peft_model, load_file(run / "stages" / stage / "adapter.safetensors")
-            )
-            model = merge(peft_model, quant, start, device)
-            if index + 1 == len(stages):
-                break
-            model.eval()
-            yield stage, model, tok, None
-            if quant == "nf4":  # as the trainer does: quantize the merged model again
-                start = Path(work) / f"merged-{stage}"
-                save_model(model, tok, start, model_dtype_for_save(device))
-                model, _ = load_base(start, quant, device)
+    del model
+    stages = [label for label, _ in adapter_files(run, manifest)]
+    rebuilt: dict[str, Any] = {}
+    for label, model, _ in chain(run, manifest, device):
+        if label == stages[-1]:
+            rebuilt = model.state_dict()
+        else:
+            yield label, model, tok, None
     saved, _ = load_base(run, "none", device)
-    rebuilt, kept = model.state_dict(), saved.state_dict()
+    kept = saved.state_dict()
     difference = max(
         float((rebuilt[k].float() - kept[k].float()).abs().max()) for k in kept if k in rebuilt
     )
-    del model, rebuilt
+    del rebuilt
     saved.eval()
     yield stages[-1], saved, tok, difference
 

@@ -464,7 +464,7 @@ def test_rehearsal_draws_its_share_evenly_from_earlier_sources():
     ]
 
 
-def test_progressive_four_stages_end_to_end(tiny_llama, data_dir, tmp_path):
+def test_progressive_four_stages_end_to_end(tiny_llama, data_dir, tmp_path, cli):
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -548,6 +548,18 @@ def test_progressive_four_stages_end_to_end(tiny_llama, data_dir, tmp_path):
     row = next(r for r in table["rows"] if r["source"] == "polarity/sst2")
     assert row["within_goal"] == (on_disk["forgetting"]["polarity/sst2"]["drop"] <= 0.02)
     assert "| polarity/sst2 | accuracy |" in (tmp_path / "forgetting.md").read_text()
+    # Brought back as manifest + stage adapters only, `affedge train rebuild` folds the chain
+    # into the base and writes the saved model's weights; a missing stage is one error line.
+    back = _adapters_only(out, tmp_path / "back")
+    broken = _adapters_only(out, tmp_path / "broken")
+    (broken / "stages" / "sd" / "adapter.safetensors").unlink()
+    result = cli("train", "rebuild", str(broken))
+    assert result.returncode == 2 and "adapter missing" in result.stderr, result.stderr
+    assert not (broken / "model.safetensors").exists()
+    result = cli("train", "rebuild", str(back), "--threads", "2")
+    assert result.returncode == 0, result.stderr
+    _assert_same_weights(back, out)
+    assert json.loads((back / "affedge.json").read_text())["rebuilt"]["dtype"] == "float32"
 
 
 def test_resume_after_interruption_gives_the_same_adapter(tiny_llama, data_dir, tmp_path):
@@ -661,6 +673,9 @@ def test_multitask_run_with_generated_auxiliary_tasks(tiny_llama, data_dir, tmp_
     table = (tmp_path / "mt-report.md").read_text()
     assert "| valence/emobank | pearson |" in table and "| tawl | True |" in table
     AutoModelForCausalLM.from_pretrained(out)
+    from affedge.train.rebuild import rebuild
+
+    _assert_same_weights(rebuild(_adapters_only(out, tmp_path / "back"), log=lambda _: None), out)
     # The generated targets are on disk, keyed by teacher file and prompt: a new run reads
     # them instead of generating again.
     from affedge.models import BUILTIN
@@ -669,6 +684,27 @@ def test_multitask_run_with_generated_auxiliary_tasks(tiny_llama, data_dir, tmp_
     teacher = AuxTargets(next(m for m in BUILTIN if m.name == "smollm2-135m-instruct").locate(), 2)
     assert teacher.file == Path(aux["cache"])
     assert len(teacher.cache) >= aux["examples"]["implicit:aspect"]
+
+
+def _adapters_only(run: Path, to: Path) -> Path:
+    """What a GPU lease brings back of ``run``: its manifest and adapters, no weights."""
+    import shutil
+
+    to.mkdir()
+    shutil.copy(run / "affedge.json", to / "affedge.json")
+    for folder in ("stages", "adapter"):
+        if (run / folder).is_dir():
+            shutil.copytree(run / folder, to / folder)
+    return to
+
+
+def _assert_same_weights(rebuilt: Path, saved: Path) -> None:
+    from safetensors.torch import load_file
+
+    got, want = load_file(rebuilt / "model.safetensors"), load_file(saved / "model.safetensors")
+    assert got.keys() == want.keys()
+    for key in want:
+        assert torch.allclose(got[key], want[key], atol=1e-6), key
 
 
 # ------------------------------------------------------------------ CLI errors

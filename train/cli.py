@@ -1,5 +1,5 @@
-"""`affedge train encoder|progressive|multitask` (mounted through the ``affedge.commands``
-entry points; needs the ``train`` extra).
+"""`affedge train encoder|progressive|multitask|static|rebuild` (mounted through the
+``affedge.commands`` entry points; needs the ``train`` extra).
 
 Config -> options: each recipe's config dataclass is the one home of its defaults
 (train/recipe.py). A recipe command is a :class:`RecipeCommand`: its own signature declares
@@ -335,3 +335,18 @@ def static(
     from affedge.train.static import train_static
 
     _print_summary(out, train_static(cfg, out, root, log=stderr))
+
+
+@app.command("rebuild")
+def rebuild(
+    run: Annotated[Path, typer.Argument(help="Run folder with affedge.json and its adapters.")],
+    threads: ThreadsOpt = None,
+) -> None:
+    """Fold a run's LoRA adapters into its base and write the merged model (for a run
+    brought back from another machine without its weights), so exports can read it."""
+    start_run(0, threads)
+    import torch
+
+    from affedge.train.rebuild import rebuild as rebuild_run
+
+    rebuild_run(run, torch.device("cpu"), log=stderr)
