@@ -36,7 +36,7 @@ import torch
 from affedge.artifact import Manifest
 from affedge.benchmarks import report_targets
 from affedge.tasks import TASKS
-from affedge.train.llm_common import resolve_base
+from affedge.train.llm_common import run_base
 from affedge.train.llm_eval import evaluate_source
 from affedge.train.lora import load_base
 from affedge.train.progressive import ROLE_STAGES, STAGES
@@ -61,7 +61,7 @@ def stage_models(
     (rebuilt by train/rebuild.py's :func:`chain`, as the trainer built it), and last the saved
     model with the largest weight difference between it and the rebuilt last stage (None for
     the others)."""
-    base = resolve_base(manifest["base_file"])
+    base = run_base(manifest)
     model, tok = load_base(base, "none", device)
     yield "base", model, tok, None
     del model

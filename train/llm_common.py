@@ -111,6 +111,15 @@ def resolve_base(base: str) -> Path:
     return path
 
 
+def run_base(manifest: dict[str, Any]) -> Path:
+    """The base a trained run's manifest names, on this machine: a built-in name resolves
+    here (the run may have trained elsewhere, where the file had another path), any other
+    base is the recorded file or folder."""
+    if any(manifest.get("base") == model.name for model in BUILTIN):
+        return resolve_base(manifest["base"])
+    return resolve_base(manifest["base_file"])
+
+
 def steps_for(cfg: LLMConfig, n_examples: int) -> int:
     """``--steps`` if given, else ``--epochs`` passes over the examples."""
     if cfg.steps is not None:

@@ -29,7 +29,7 @@ import torch
 
 from affedge.artifact import Manifest, has_manifest
 from affedge.errors import ModelError
-from affedge.train.llm_common import ADAPTER_WEIGHTS, model_dtype_for_save, resolve_base
+from affedge.train.llm_common import ADAPTER_WEIGHTS, model_dtype_for_save, run_base
 from affedge.train.lora import (
     LoraSettings,
     add_lora,
@@ -72,7 +72,7 @@ def chain(
     from affedge.train.hf_base import hf_folder
 
     files = adapter_files(run, manifest)
-    base = resolve_base(manifest["base_file"])
+    base = run_base(manifest)
     quant = manifest.get("quantization") or "none"
     hp = manifest["hyperparameters"]
     settings = LoraSettings(hp["rank"], hp["alpha"], 0.0, tuple(hp["lora_targets"]))
