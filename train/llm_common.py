@@ -266,6 +266,8 @@ def model_dtype_for_save(device: torch.device) -> torch.dtype:
 #: ``affedge export gguf-lora``: progressive runs in ``stages/<stage>/``, multitask in ``adapter/``.
 ADAPTER_WEIGHTS = "adapter.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
+STAGES_DIR = "stages"
+MULTITASK_ADAPTER_DIR = "adapter"
 
 
 def save_adapter(folder: Path, peft_model: Any) -> None:

@@ -57,6 +57,7 @@ from affedge.tasks import TASKS
 from affedge.train.hf_base import cache_dir
 from affedge.train.llm_common import (
     DEFAULT_BASE,
+    MULTITASK_ADAPTER_DIR,
     LLMConfig,
     SourceData,
     base_manifest,
@@ -478,7 +479,7 @@ def train_multitask(
     if not dist.main:  # the main process evaluates and saves
         dist.barrier()
         return {}
-    save_adapter(out / "adapter", peft_model)  # before merging (which folds it away)
+    save_adapter(out / MULTITASK_ADAPTER_DIR, peft_model)  # before merging (which folds it away)
     merged = merge(peft_model, quant, hf_folder(base_path), device)
     validation = {}
     for sd in sources:

@@ -35,6 +35,7 @@ from affedge.benchmarks import stage_datasets
 from affedge.errors import AffedgeError
 from affedge.tasks import Level
 from affedge.train.llm_common import (
+    STAGES_DIR,
     LLMConfig,
     base_manifest,
     model_dtype_for_save,
@@ -164,7 +165,7 @@ def check_config(cfg: ProgressiveConfig) -> None:
 
 
 def _stage_dir(out: Path, stage: str) -> Path:
-    return out / "stages" / stage
+    return out / STAGES_DIR / stage
 
 
 def train_progressive(
@@ -181,7 +182,7 @@ def train_progressive(
     check_config(cfg)
     dist = world()  # data-parallel: the main process logs, evaluates and saves
     log = dist.main_log(log)
-    earlier = (out / "stages").exists() or has_manifest(out)
+    earlier = (out / STAGES_DIR).exists() or has_manifest(out)
     run = start_llm_run(cfg, out, resume=resume, earlier=earlier, log=log)
     device, quant, base_path = run.device, run.quant, run.base_path
     model, tokenizer, fmt, pad_id = run.model, run.tokenizer, run.fmt, run.pad_id

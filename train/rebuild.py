@@ -19,6 +19,8 @@ trained on CUDA differs from them by bf16 rounding only.
 
 from __future__ import annotations
 
+import os
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -29,7 +31,13 @@ import torch
 
 from affedge.artifact import Manifest, has_manifest
 from affedge.errors import ModelError
-from affedge.train.llm_common import ADAPTER_WEIGHTS, model_dtype_for_save, run_base
+from affedge.train.llm_common import (
+    ADAPTER_WEIGHTS,
+    MULTITASK_ADAPTER_DIR,
+    STAGES_DIR,
+    model_dtype_for_save,
+    run_base,
+)
 from affedge.train.lora import (
     LoraSettings,
     add_lora,
@@ -39,10 +47,6 @@ from affedge.train.lora import (
     save_model,
 )
 
-#: Where each recipe keeps its adapters, relative to the run folder.
-MULTITASK_ADAPTER = "adapter"
-STAGES_DIR = "stages"
-
 
 def adapter_files(run: Path, manifest: dict[str, Any]) -> list[tuple[str, Path]]:
     """(label, adapter weights file) in the order the trainer folded them in."""
@@ -50,7 +54,7 @@ def adapter_files(run: Path, manifest: dict[str, Any]) -> list[tuple[str, Path]]
         stages = [info["stage"] for info in manifest.get("stages", [])]
         files = [(s, run / STAGES_DIR / s / ADAPTER_WEIGHTS) for s in stages]
     elif manifest.get("method") == "multitask":
-        files = [("multitask", run / MULTITASK_ADAPTER / ADAPTER_WEIGHTS)]
+        files = [("multitask", run / MULTITASK_ADAPTER_DIR / ADAPTER_WEIGHTS)]
     else:
         raise ModelError(f"{run}: not a progressive or multitask LLM run (no adapters to fold)")
     if not files:
@@ -107,7 +111,15 @@ def rebuild(
         final = (model, tok)
     model, tok = final
     dtype = model_dtype_for_save(device)
-    save_model(model, tok, run, dtype)
+    # Written beside the run and moved in file by file (each rename atomic), so an
+    # interrupted rebuild never leaves a half-written model.safetensors in the run.
+    scratch = Path(tempfile.mkdtemp(prefix=".rebuild.", dir=run))
+    try:
+        save_model(model, tok, scratch, dtype)
+        for file in scratch.iterdir():
+            os.replace(file, run / file.name)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     record = {
         "device": str(device),
         "dtype": str(dtype).replace("torch.", ""),
