@@ -105,7 +105,7 @@ _BASE = (
 COMMANDS = {
     "base": _BASE,
     "speed": "{py} -m affedge.bench.train_speed --device cuda --quant nf4 none "
-    "--batch-size 8 64 --steps 30 --warmup 5 --limit 2000 --out {results}/train_speed_gpu",
+    "--batch-size 8 64 128 --steps 30 --warmup 5 --limit 2000 --out {results}/train_speed_gpu",
     "progressive": "{py} -m affedge.cli train progressive --out {runs}/progressive "
     "--require-gpu --save-every 200 --log-every 50",
     "multitask": "{py} -m affedge.cli train multitask --out {runs}/multitask "
